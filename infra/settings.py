@@ -1,0 +1,195 @@
+"""One settings object for every part of Tributary.
+
+Values come from ``TRIBUTARY_*`` environment variables, then ``tributary.toml``
+(or the file named by ``TRIBUTARY_CONFIG``), then the defaults below. Nothing
+is read until :func:`load_settings` or ``Settings()`` is called.
+
+>>> s = Settings(profile="prod", state_dir=Path("/srv/trib"))
+>>> s.topic("shop.events")
+'prod.shop.events'
+>>> s.table_uri("bronze/events")
+'/srv/trib/lake/prod/bronze/events'
+>>> s.registered_model_name
+'prod.plant-recommender'
+>>> Settings().topic("shop.events")
+'shop.events'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "TRIBUTARY_CONFIG"
+DEFAULT_CONFIG_FILE = "tributary.toml"
+DEV_PROFILE = "dev"
+
+
+class TopicNames(BaseModel):
+    """Base topic names; :meth:`Settings.topic` adds the profile prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events: str = "shop.events"
+    orders: str = "shop.orders"
+    dlq: str = "shop.dlq"
+    predictions: str = "ml.predictions"
+    monitor: str = "ml.monitor"
+    retrain: str = "ml.retrain"
+
+
+class HostPort(BaseModel):
+    """Where a service listens, parsed from a URL or a bootstrap string."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in {"localhost", "::1"} or self.host.startswith("127.")
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIBUTARY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    profile: str = Field(DEV_PROFILE, pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    state_dir: Path = Path(".tributary")
+    lake_root: str | None = None
+    lake_storage_options: dict[str, str] = Field(default_factory=dict)
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    mlflow_uri: str = "http://127.0.0.1:15000"
+    api_port: int = Field(8000, ge=1, le=65535)
+    prometheus_port: int = Field(19090, ge=1, le=65535)
+    api_keys: SecretStr | None = None
+    topic_partitions: int = Field(4, ge=1, le=256)
+    topics: TopicNames = Field(default_factory=TopicNames)
+    registered_model: str = "plant-recommender"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        return (init_settings, env_settings, toml)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            _split_host_port(server.strip())
+        return value
+
+    @field_validator("redis_url", "mlflow_uri")
+    @classmethod
+    def _url_has_port(cls, value: str) -> str:
+        _url_host_port(value)
+        return value
+
+    # -- derived names: the profile namespaces everything that is written ---
+
+    @property
+    def is_dev(self) -> bool:
+        return self.profile == DEV_PROFILE
+
+    def topic(self, base: str) -> str:
+        """The topic name for this profile: dev keeps the name, others prefix it."""
+        return base if self.is_dev else f"{self.profile}.{base}"
+
+    def all_topics(self) -> list[str]:
+        return [self.topic(name) for name in self.topics.model_dump().values()]
+
+    @property
+    def lake_base(self) -> str:
+        root = self.lake_root or str(self.state_dir / "lake")
+        return f"{root.rstrip('/')}/{self.profile}"
+
+    def table_uri(self, table: str) -> str:
+        """Where a Delta table such as ``bronze/events`` lives for this profile."""
+        return f"{self.lake_base}/{table}"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.topic(self.registered_model)
+
+    @property
+    def redis_key_prefix(self) -> str:
+        """Prefix of every Redis key, so two profiles can share one server."""
+        return f"{self.profile}:"
+
+    # -- addresses ----------------------------------------------------------
+
+    @property
+    def kafka_address(self) -> HostPort:
+        return _split_host_port(self.kafka_bootstrap.split(",")[0].strip())
+
+    @property
+    def redis_address(self) -> HostPort:
+        return _url_host_port(self.redis_url)
+
+    @property
+    def mlflow_address(self) -> HostPort:
+        return _url_host_port(self.mlflow_uri)
+
+    @property
+    def prometheus_address(self) -> HostPort:
+        return HostPort(host="127.0.0.1", port=self.prometheus_port)
+
+    def api_key_roles(self) -> dict[str, Literal["predict", "admin"]]:
+        """Parse ``key:role,key:role``; an unknown role is a configuration error."""
+        if self.api_keys is None:
+            return {}
+        roles: dict[str, Literal["predict", "admin"]] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            key, sep, role = item.strip().rpartition(":")
+            if not sep or not key or role not in ("predict", "admin"):
+                raise ValueError("TRIBUTARY_API_KEYS must look like 'key:predict,key:admin'")
+            roles[key] = "admin" if role == "admin" else "predict"
+        return roles
+
+
+def _split_host_port(server: str) -> HostPort:
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {server!r}")
+    return HostPort(host=host.strip("[]"), port=int(port))
+
+
+def _url_host_port(url: str) -> HostPort:
+    parts = urlsplit(url)
+    if not parts.hostname or parts.port is None:
+        raise ValueError(f"expected a URL with host and port, got {url!r}")
+    return HostPort(host=parts.hostname, port=parts.port)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment and config file, plus explicit overrides."""
+    return Settings(**overrides)  # type: ignore[arg-type]
