@@ -1,0 +1,1 @@
+"""Kafka clients configured for Tributary: a fast producer and an assign-based reader."""
