@@ -1,0 +1,42 @@
+"""Stacks on free loopback ports in a folder of their own, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from infra.cli.stack import write_catalog
+from infra.settings import Settings
+from infra.stack import down, up
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings_for(state_dir: Path) -> Settings:
+    """Settings whose every part listens on its own free loopback port."""
+    return Settings(
+        state_dir=state_dir,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        mlflow_uri=f"http://127.0.0.1:{free_port()}",
+        prometheus_port=free_port(),
+    )
+
+
+@contextmanager
+def running_stack(state_dir: Path) -> Iterator[Settings]:
+    """Up (with the catalog table) on entry, down on exit."""
+    settings = settings_for(state_dir)
+    up(settings, after_start=[write_catalog])
+    try:
+        yield settings
+    finally:
+        down(settings)
