@@ -11,8 +11,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 import typer
+import typer.main
 
 from infra.cli.errors import CliError
 from infra.errors import TributaryError
@@ -40,7 +42,7 @@ def _new_app(help_text: str) -> typer.Typer:
 
 def build_app() -> typer.Typer:
     """Assemble the CLI: infra's own commands, then every registered package."""
-    from infra.cli import simulate, stack
+    from infra.cli import demo, simulate, stack
 
     groups = CommandGroups(
         root=_new_app("Tributary: streaming-first, real-time ML for plantly.shop."),
@@ -48,6 +50,7 @@ def build_app() -> typer.Typer:
     )
     stack.register(groups)
     simulate.register(groups)
+    demo.register(groups)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(groups)
     if groups.run.registered_commands:
@@ -57,9 +60,28 @@ def build_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors and a non-zero exit instead of tracebacks."""
-    app = build_app()
+    command = typer.main.get_command(build_app())
     try:
-        app(args=argv, prog_name="tributary", standalone_mode=True)
+        code = command.main(args=argv, prog_name="tributary", standalone_mode=False)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.TyperException as error:  # click's usage and parameter errors
+        _fail(_usage_message(error), int(getattr(error, "exit_code", 2)))
     except (CliError, TributaryError) as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(getattr(error, "exit_code", 1))
+        _fail(str(error), error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(error: typer.TyperException) -> str:
+    format_message = getattr(error, "format_message", None)
+    message = format_message() if callable(format_message) else str(error)
+    ctx = getattr(error, "ctx", None)
+    if ctx is None:
+        return str(message)
+    return f"{message} (see '{ctx.command_path} --help')"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    # one line, whatever the underlying message looked like
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)

@@ -48,7 +48,9 @@ def simulate(
 ) -> None:
     """Produce realistic plantly.shop traffic."""
     if history_days > MAX_EVENT_AGE.days:
-        raise CliError(f"--history-days must be at most {MAX_EVENT_AGE.days} (older events go to the DLQ)")
+        raise CliError(
+            f"--history-days must be at most {MAX_EVENT_AGE.days} (older events go to the DLQ)"
+        )
     if no_kafka and jsonl is None:
         raise CliError("--no-kafka needs --jsonl DIR, or nothing would be written")
     if anchor is not None and anchor.tzinfo is None:
@@ -65,11 +67,11 @@ def simulate(
         sinks.append(KafkaSink(settings))
     if jsonl is not None:
         sinks.append(JsonlSink(jsonl))
-    report = _run(ShopSimulator(config), sinks, rate, quiet=as_json)
-    _print_report(report, config, as_json)
+    report = run_simulation(ShopSimulator(config), sinks, rate, quiet=as_json)
+    print_report(report, config, as_json)
 
 
-def _run(
+def run_simulation(
     simulator: ShopSimulator, sinks: list[TrafficSink], rate: float | None, *, quiet: bool
 ) -> TrafficReport:
     columns = (TextColumn("simulate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -81,7 +83,7 @@ def _run(
         )
 
 
-def _print_report(report: TrafficReport, config: SimulationConfig, as_json: bool) -> None:
+def print_report(report: TrafficReport, config: SimulationConfig, as_json: bool) -> None:
     summary = {
         "run_id": report.run_id,
         "seed": config.seed,

@@ -1,6 +1,6 @@
 """Headers of a ``shop.dlq`` message; its value is the original bytes, untouched.
 
->>> h = DlqHeaders(reason=RejectionReason.WRONG_TYPE, detail="price: Input should be a valid number",
+>>> h = DlqHeaders(reason=RejectionReason.WRONG_TYPE, detail="price: Input should be a number",
 ...                source_topic="shop.events", source_partition=3, source_offset=1041)
 >>> [name for name, _ in h.to_kafka()]
 ['reason', 'detail', 'source_topic', 'source_partition', 'source_offset']

@@ -71,7 +71,8 @@ class ShopEvent(BaseModel):
     @model_validator(mode="after")
     def _required_by_type(self) -> ShopEvent:
         if self.event_type in ("add_to_cart", "purchase") and self.price is None:
-            raise PydanticCustomError("missing", "price is required for {t}", {"t": self.event_type})
+            message = "price is required for {t}"
+            raise PydanticCustomError("missing", message, {"t": self.event_type})
         if self.event_type == "purchase" and self.quantity is None:
             raise PydanticCustomError("missing", "quantity is required for purchase")
         return self

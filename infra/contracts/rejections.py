@@ -3,8 +3,8 @@
 Every reason is documented here and in the README; the DLQ's ``reason`` header
 carries the value. Adding a reason is a contract change (see DESIGN.md).
 
->>> Rejection(RejectionReason.NON_FINITE, "price: Input should be a finite number")
-Rejection(reason=<RejectionReason.NON_FINITE: 'non_finite'>, detail='price: Input should be a finite number')
+>>> Rejection(RejectionReason.NON_FINITE, "price: not finite")
+Rejection(reason=<RejectionReason.NON_FINITE: 'non_finite'>, detail='price: not finite')
 >>> RejectionReason.TOO_LATE.describe()
 'the event time is more than 30 days before processing time'
 """

@@ -70,6 +70,16 @@ def validate(
 ) -> ShopOrder | Rejection: ...
 
 
+@overload
+def validate(
+    raw: bytes,
+    *,
+    kind: Kind,
+    products: Container[str] | None = ...,
+    now: datetime | None = ...,
+) -> ShopEvent | ShopOrder | Rejection: ...
+
+
 def validate(
     raw: bytes,
     *,

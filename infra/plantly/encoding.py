@@ -24,7 +24,7 @@ _day_prefix: dict[int, str] = {}
 
 def rfc3339(ts: float) -> str:
     """UTC RFC 3339 with milliseconds; the date part is cached per day."""
-    millis = int(round(ts * 1000))
+    millis = round(ts * 1000)
     seconds, ms = divmod(millis, 1000)
     day, second_of_day = divmod(seconds, _DAY)
     prefix = _day_prefix.get(day)

@@ -27,17 +27,19 @@ from infra.plantly.behaviour import DEVICE_SHARE, REGION_TASTES
 from infra.plantly.catalog import CATEGORIES
 
 _FIRST = (
-    "olivia liam emma noah ava elijah sophia lucas mia mateo amelia levi harper ezra "
-    "evelyn leo aria luca chloe theo nora jack zoe ivy omar priya wei hana lars ana"
-).split()
+    "olivia", "liam", "emma", "noah", "ava", "elijah", "sophia", "lucas", "mia", "mateo",
+    "amelia", "levi", "harper", "ezra", "evelyn", "leo", "aria", "luca", "chloe", "theo",
+    "nora", "jack", "zoe", "ivy", "omar", "priya", "wei", "hana", "lars", "ana",
+)  # fmt: skip
 _LAST = (
-    "smith garcia chen nguyen patel kim muller schmidt brown wilson taylor lee martin "
-    "lopez clark walker young hall allen wright scott green baker adams nelson hill"
-).split()
+    "smith", "garcia", "chen", "nguyen", "patel", "kim", "muller", "schmidt", "brown",
+    "wilson", "taylor", "lee", "martin", "lopez", "clark", "walker", "young", "hall", "allen",
+    "wright", "scott", "green", "baker", "adams", "nelson", "hill",
+)  # fmt: skip
 _STREETS = (
-    "Maple Oak Cedar Pine Elm Willow Birch Park Lake Hill Main Church Station Mill "
-    "River Garden Meadow Orchard Forest Spring"
-).split()
+    "Maple", "Oak", "Cedar", "Pine", "Elm", "Willow", "Birch", "Park", "Lake", "Hill", "Main",
+    "Church", "Station", "Mill", "River", "Garden", "Meadow", "Orchard", "Forest", "Spring",
+)  # fmt: skip
 _SUFFIXES = ("St", "Ave", "Rd", "Ln", "Way", "Dr", "Ct")
 _DOMAINS = ("example.com", "example.net", "example.org")
 

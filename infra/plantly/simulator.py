@@ -99,7 +99,7 @@ class ShopSimulator:
             self._by_category.setdefault(plant.category, []).append(index)
         self._ficus = [i for i, p in enumerate(self._plants) if p.genus == "Ficus"]
         self._log_price = [math.log(p.price / bh.REFERENCE_PRICE) for p in self._plants]
-        self.anchor_ts = (config.anchor.timestamp() if config.anchor else time.time())
+        self.anchor_ts = config.anchor.timestamp() if config.anchor else time.time()
         self.run_id = self._run_id()
         self._new_users: list[User] = []
         self._seq = 0
@@ -109,7 +109,9 @@ class ShopSimulator:
 
     def _run_id(self) -> str:
         c = self.config
-        basis = f"{c.seed}|{self.anchor_ts}|{c.scenario}|{c.events}|{c.history_days}|{c.users}"
+        # floats by repr, so that 2 and 2.0 days give the same run
+        parts = (c.seed, repr(self.anchor_ts), c.scenario, c.events, repr(float(c.history_days)))
+        basis = "|".join(map(str, (*parts, c.users)))
         return hashlib.blake2b(basis.encode(), digest_size=5).hexdigest()
 
     # -- the stream -----------------------------------------------------------
@@ -268,10 +270,7 @@ class ShopSimulator:
         session: str,
         quantity: int | None = None,
     ) -> None:
-        if self.config.live:
-            t = self._session_start(0.0)
-        else:
-            t = min(t, self.anchor_ts)
+        t = self._session_start(0.0) if self.config.live else min(t, self.anchor_ts)
         plant = self._plants[index]
         self._seq += 1
         event_id = f"e-{self.run_id}-{self._seq}"
@@ -282,7 +281,8 @@ class ShopSimulator:
         )  # fmt: skip
         out.append(_Timed(t, self._seq, SimMessage("events", key, value)))
         if quantity is not None:
-            out.append(_Timed(t, self._seq, self._order(t, user, plant.product_id, plant.price, quantity)))
+            order = self._order(t, user, plant.product_id, plant.price, quantity)
+            out.append(_Timed(t, self._seq, order))
 
     def _order(self, t: float, user: User, product_id: str, price: float, qty: int) -> SimMessage:
         self._orders += 1

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from infra.contracts import Rejection, RejectionReason, ShopEvent, ShopOrder, validate
+from infra.contracts.validate import Kind
 from infra.plantly.catalog import CATEGORIES, load_catalog
 from infra.plantly.population import load_regions
 from infra.plantly.simulator import Scenario, ShopSimulator, SimMessage, SimulationConfig
@@ -50,7 +51,7 @@ def test_exact_event_count_and_unique_ids() -> None:
 def test_every_message_passes_the_contract() -> None:
     products = load_catalog().product_ids
     for message in ShopSimulator(config(events=20_000)).messages():
-        kind = "event" if message.topic == "events" else "order"
+        kind: Kind = "event" if message.topic == "events" else "order"
         result = validate(message.value, kind=kind, products=products, now=ANCHOR)
         assert isinstance(result, ShopEvent | ShopOrder), (result, message.value[:200])
 
@@ -130,9 +131,7 @@ def test_purchases_depend_on_what_a_model_can_see() -> None:
     catalog = load_catalog()
     by_device = conversion_by(events, lambda e: e["device"])
     assert by_device["desktop"] > 1.3 * by_device["mobile"]
-    invasive = conversion_by(
-        events, lambda e: catalog[e["product_id"]].is_invasive_in(e["region"])
-    )
+    invasive = conversion_by(events, lambda e: catalog[e["product_id"]].is_invasive_in(e["region"]))
     assert invasive[True] < 0.6 * invasive[False]
     cheap = conversion_by(events, lambda e: e["price"] < 20)
     assert cheap[True] > 1.3 * cheap[False]
