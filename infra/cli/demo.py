@@ -1,0 +1,59 @@
+"""``tributary demo``: the plantly.shop story on the local stack, end to end.
+
+Each chapter is one step a user could run by hand; later parts of the system
+(flows, training, serving, monitoring) add their chapters as they land.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from infra.cli.app import CommandGroups
+from infra.cli.simulate import print_report, run_simulation
+from infra.cli.stack import print_actions, print_status, write_catalog
+from infra.plantly.simulator import Scenario, ShopSimulator, SimulationConfig
+from infra.plantly.traffic import KafkaSink
+from infra.settings import Settings, load_settings
+
+
+def register(groups: CommandGroups) -> None:
+    groups.root.command("demo")(demo)
+
+
+def demo(
+    events: int = typer.Option(20_000, "--events", min=1, help="History events to simulate."),
+    history_days: float = typer.Option(7.0, "--history-days", min=0.0, max=30.0),
+    bad_events: int = typer.Option(2_000, "--bad-events", min=0, help="Bad-input burst size."),
+    seed: int = typer.Option(42, "--seed"),
+) -> None:
+    """Start the stack, simulate plantly.shop, and show what landed."""
+    from infra.stack import status, up
+
+    console = Console()
+    settings = load_settings()
+    console.rule("1. the local stack: tributary up")
+    report = up(settings, after_start=[write_catalog])
+    print_actions(report.parts)
+    for note in report.notes:
+        console.print(note)
+
+    console.rule(f"2. {history_days:g} days of plantly.shop: tributary simulate")
+    history = SimulationConfig(events=events, seed=seed, history_days=history_days)
+    _simulate(settings, history)
+
+    if bad_events:
+        console.rule("3. malformed traffic for the dead-letter path: --scenario bad-input")
+        burst = SimulationConfig(
+            events=bad_events, seed=seed + 1, scenario=Scenario.BAD_INPUT, bad_fraction=0.2
+        )
+        _simulate(settings, burst)
+
+    console.rule("4. what landed: tributary status")
+    print_status(status(settings))
+    console.print("The stack keeps running; `tributary down` stops it.")
+
+
+def _simulate(settings: Settings, config: SimulationConfig) -> None:
+    report = run_simulation(ShopSimulator(config), [KafkaSink(settings)], None, quiet=False)
+    print_report(report, config, as_json=False)

@@ -1,0 +1,36 @@
+"""`make bench`: run every benchmark and print one JSON document."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+from tests.benchmarks.simulator import bench_simulator
+from tests.benchmarks.stack import benchmark_stack
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo", encoding="utf-8")  # noqa: PTH123, SIM115
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def main() -> None:
+    results: dict[str, Any] = {"machine": machine()}
+    with benchmark_stack() as settings:
+        results["simulator"] = bench_simulator(settings)
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
