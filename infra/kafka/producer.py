@@ -6,6 +6,7 @@ counted by a callback and surfaced by :meth:`Producer.close`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -13,6 +14,8 @@ from confluent_kafka import Producer as _Producer
 
 from infra.errors import TributaryError
 from infra.settings import Settings
+
+_LOG = logging.getLogger("infra.kafka.producer")
 
 
 class DeliveryError(TributaryError):
@@ -34,6 +37,9 @@ class Producer:
             "queue.buffering.max.messages": 500_000,
             "queue.buffering.max.kbytes": 512 * 1024,
             "on_delivery": self._on_delivery,
+            # librdkafka's own log lines (e.g. a broker closing an idle
+            # connection) go through logging instead of raw stderr
+            "logger": _LOG,
             **overrides,
         }
         self._producer = _Producer(config)
