@@ -1,0 +1,113 @@
+"""The online encoding of EntityTiles: exact round trips, versions, damaged values."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+from flows.features import codec
+from flows.features.codec import CODEC_VERSION, FeatureCodecError, decode, decode_frozen, encode
+from flows.features.tiles import EntityTiles
+
+T0 = 1_767_225_600.0
+DAY = 86400.0
+KINDS = ("impression", "impression", "impression", "click", "add_to_cart", "purchase")
+
+
+def random_tiles(rng: random.Random, events: int, span: float) -> EntityTiles:
+    tiles = EntityTiles()
+    for _ in range(events):
+        tiles.add(
+            rng.choice(KINDS), T0 + rng.uniform(0, span), rng.uniform(0, 80), rng.randint(1, 4)
+        )
+    return tiles
+
+
+def test_an_empty_state_round_trips() -> None:
+    data = encode(EntityTiles())
+    assert data[0] == CODEC_VERSION and len(data) == 55
+    assert decode(data) == EntityTiles()
+    assert decode(data).last_event_ts is None
+
+
+@pytest.mark.parametrize(
+    ("events", "span"), [(1, 0.0), (50, 3600.0), (400, 10 * DAY), (800, 45 * DAY)]
+)
+def test_round_trips_are_exact(events: int, span: float) -> None:
+    rng = random.Random(events)
+    tiles = random_tiles(rng, events, span)
+    data = encode(tiles)
+    back = decode(data)
+    assert back == tiles
+    assert encode(back) == data
+    for as_of in (T0 + span, T0 + span + 1234.5, T0 + span + 2 * DAY):
+        for view in ("user", "product"):
+            assert back.features(view, as_of) == tiles.features(view, as_of)
+            assert back.ages(view, as_of) == tiles.ages(view, as_of)
+
+
+@pytest.mark.parametrize("zero_copy", [True, False])
+def test_frozen_reads_equal_the_counting_state(
+    zero_copy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec, "_ZERO_COPY", zero_copy)
+    rng = random.Random(11)
+    for events, span in ((0, 0.0), (30, 2 * 3600.0), (600, 35 * DAY)):
+        tiles = random_tiles(rng, events, span)
+        frozen = decode_frozen(encode(tiles))
+        assert frozen == tiles and frozen.thaw() == tiles
+        assert encode(frozen.thaw()) == encode(tiles)
+        newest = tiles.last_event_ts or T0
+        # earlier than an hour before the newest event too: floors clamp both the same way
+        for as_of in [newest + rng.uniform(-3 * DAY, 2 * DAY) for _ in range(20)]:
+            for view in ("user", "product"):
+                assert frozen.features(view, as_of) == tiles.features(view, as_of)
+                assert frozen.ages(view, as_of) == tiles.ages(view, as_of)
+
+
+def test_a_decoded_state_keeps_counting_like_the_original() -> None:
+    rng = random.Random(5)
+    original = random_tiles(rng, 300, 20 * DAY)
+    decoded = decode(encode(original))
+    later = [(rng.choice(KINDS), T0 + rng.uniform(-15 * DAY, 40 * DAY)) for _ in range(300)]
+    for tiles in (original, decoded):
+        for kind, ts in later:
+            tiles.add(kind, ts, 9.99, 2)
+    assert decoded == original
+    assert encode(decoded) == encode(original)
+
+
+def test_a_pickled_snapshot_restores_the_same_state() -> None:
+    # what the stream's recovery snapshots hold
+    tiles = random_tiles(random.Random(9), 200, 40 * DAY)
+    restored = EntityTiles.from_snapshot(pickle.loads(pickle.dumps(tiles.snapshot())))
+    assert restored == tiles and encode(restored) == encode(tiles)
+    restored.add("click", T0 + 41 * DAY)
+    tiles.add("click", T0 + 41 * DAY)
+    assert encode(restored) == encode(tiles)
+
+
+def test_spend_survives_in_exact_cents() -> None:
+    tiles = EntityTiles()
+    for _ in range(1000):
+        tiles.add("purchase", T0, price=0.1, quantity=3)
+    assert decode(encode(tiles)).features("user", T0)["spend_30d"] == 300.0
+
+
+def test_another_version_is_refused_with_a_clear_error() -> None:
+    data = bytearray(encode(random_tiles(random.Random(1), 20, DAY)))
+    data[0] = CODEC_VERSION + 1
+    with pytest.raises(FeatureCodecError, match=r"codec version 2, this code reads version 1"):
+        decode(bytes(data))
+    with pytest.raises(FeatureCodecError, match="codec version none"):
+        decode(b"")
+
+
+def test_damaged_values_are_refused() -> None:
+    data = encode(random_tiles(random.Random(2), 20, DAY))
+    for damaged in (data[:-1], data + b"\0", data[:30]):
+        with pytest.raises(FeatureCodecError, match="damaged online feature value") as error:
+            decode(damaged)
+        assert error.value.code == "feature_codec_error"
