@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     mlflow_uri: str = "http://127.0.0.1:15000"
     api_port: int = Field(8000, ge=1, le=65535)
     prometheus_port: int = Field(19090, ge=1, le=65535)
+    metrics_port: int = Field(19100, ge=0, le=65535)
     api_keys: SecretStr | None = None
     topic_partitions: int = Field(4, ge=1, le=256)
     topics: TopicNames = Field(default_factory=TopicNames)
