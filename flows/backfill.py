@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ from redis import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from flows.feature_log import log_row, log_schema, log_table
+from flows.feature_log import LogBuilder, log_table
 from flows.features.definitions import get_view
 from flows.features.online import write_entities
 from flows.features.tiles import EntityTiles
@@ -78,11 +78,15 @@ def read_bronze(settings: Settings, since: date) -> tuple[int, pa.Table]:
 
 
 def replay(
-    data: pa.Table, views: list[str], first: date, last: date, on_progress: Any = None
-) -> tuple[dict[str, dict[str, EntityTiles]], dict[str, list[dict[str, Any]]]]:
+    data: pa.Table,
+    views: list[str],
+    first: date,
+    last: date,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, dict[str, EntityTiles]], dict[str, LogBuilder]]:
     """Fold events into tiles per view; log rows for events dated first..last."""
     states: dict[str, dict[str, EntityTiles]] = {view: {} for view in views}
-    rows: dict[str, list[dict[str, Any]]] = {view: [] for view in views}
+    rows = {view: LogBuilder(get_view(view)) for view in views}
     specs = {view: get_view(view) for view in views}
     for count, event in enumerate(_events(data), start=1):
         ts = event["event_ts"].timestamp()
@@ -96,9 +100,7 @@ def replay(
             if logged:
                 source = (event["source_topic"], event["source_partition"], event["source_offset"])
                 values = tiles.features(specs[view], ts)
-                rows[view].append(
-                    log_row(specs[view], entity_id, event["event_id"], ts, values, source)
-                )
+                rows[view].add(entity_id, event["event_id"], ts, values, source)
         if on_progress is not None and count % 10_000 == 0:
             on_progress(count)
     return states, rows
@@ -109,14 +111,11 @@ def _events(data: pa.Table) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def write_log(
-    settings: Settings, view: str, rows: list[dict[str, Any]], first: date, last: date
-) -> None:
+def write_log(settings: Settings, view: str, rows: LogBuilder, first: date, last: date) -> None:
     """Replace the log's rows dated first..last with ``rows``, in one commit."""
-    schema = log_schema(get_view(view))
     write_deltalake(
         settings.table_uri(log_table(view)),
-        pa.Table.from_pylist(rows, schema=schema),
+        rows.table(),
         mode="overwrite",
         predicate=f"event_date >= '{first.isoformat()}' AND event_date <= '{last.isoformat()}'",
         partition_by=["event_date"],

@@ -30,23 +30,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import bytewax.operators as op
-import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from redis import Redis
 
-from flows.feature_log import log_row, log_schema, log_table
+from flows.feature_log import LogBuilder, log_schema, log_table, log_table_of
 from flows.features.codec import encode
 from flows.features.definitions import get_view
 from flows.features.tiles import EntityTiles, TileSnapshot
 from flows.ingest import now_utc
 from flows.kafka_source import KafkaBatch, KafkaBatchSource, settings_source
 from flows.metrics import EVENTS_IN, FRESHNESS_SECONDS, LAST_PROCESSED, REDIS_WRITE_SECONDS, REJECTS
-from flows.sinks.delta import DeltaSink, DeltaTarget, FlushPolicy, RowChunk
+from flows.sinks.delta import DeltaTarget
+from flows.sinks.epoch_delta import ColumnChunk, EpochDeltaSink
 from infra.contracts import Rejection, ShopEvent, validate
 from infra.plantly.catalog import read_catalog_ids
 from infra.settings import Settings
@@ -56,10 +55,6 @@ FLOW_ID = "tributary-features"
 SHARDS = 32
 VIEWS = ("user", "product")
 ONLINE_TTL_S = 31 * 86400
-# Log rows of one source partition come from shards on every worker; committing
-# only at epoch ends (when every shard has delivered the epoch) keeps each commit
-# free of offset gaps, which the sink's skip-by-offset rule relies on.
-LOG_POLICY = FlushPolicy(max_rows=2**62, max_age_s=float("inf"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +86,7 @@ class LogChunk:
     """Feature-log rows of one view from one source partition, offsets ascending."""
 
     view: str
-    topic: str
-    partition: int
-    offsets: list[int]
-    rows: list[dict[str, Any]]
+    chunk: ColumnChunk
 
 
 Update = OnlineWrite | LogChunk
@@ -166,7 +158,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Update, bytes]):
         view, entity_of = get_view(self.view_name), _ENTITY_OF[self.view_name]
         key_prefix = f"{self.prefix}fv:{view.name}:"
         changed: dict[str, float] = {}
-        logs: dict[tuple[str, int], LogChunk] = {}
+        logs: dict[tuple[str, int], tuple[list[int], LogBuilder]] = {}
         for event in events:
             entity_id = entity_of(event)
             tiles = self.entities.get(entity_id)
@@ -174,20 +166,21 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Update, bytes]):
                 tiles = self.entities[entity_id] = EntityTiles()
             tiles.add(event.event_type, event.ts, event.price, event.quantity)
             changed[entity_id] = max(event.ts, changed.get(entity_id, event.ts))
-            topic, partition, offset = event.source
-            chunk = logs.get((topic, partition))
-            if chunk is None:
-                chunk = logs[(topic, partition)] = LogChunk(view.name, topic, partition, [], [])
-            values_now = tiles.features(view, event.ts)
-            chunk.offsets.append(offset)
-            chunk.rows.append(
-                log_row(view, entity_id, event.event_id, event.ts, values_now, event.source)
+            log = logs.get(event.source[:2])
+            if log is None:
+                log = logs[event.source[:2]] = ([], LogBuilder(view))
+            log[0].append(event.source[2])
+            log[1].add(
+                entity_id, event.event_id, event.ts, tiles.features(view, event.ts), event.source
             )
         updates: list[Update] = [
             OnlineWrite(f"{key_prefix}{entity_id}", encode(self.entities[entity_id]), ts, view.name)
             for entity_id, ts in changed.items()
         ]
-        updates.extend(logs.values())
+        for (topic, partition), (offsets, builder) in logs.items():
+            updates.append(
+                LogChunk(view.name, ColumnChunk(topic, partition, offsets, builder.columns))
+            )
         return updates, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -233,13 +226,10 @@ class RedisSink(DynamicSink[OnlineWrite]):
         return _RedisPartition(self.url)
 
 
-def _log_chunk(update: Update, view: str) -> tuple[str, RowChunk] | None:
+def _log_chunk(update: Update, view: str) -> tuple[str, ColumnChunk] | None:
     if not isinstance(update, LogChunk) or update.view != view:
         return None
-    schema = log_schema(get_view(view))
-    table = pa.Table.from_pylist(update.rows, schema=schema)
-    chunk = RowChunk(update.topic, update.partition, update.offsets, table)
-    return chunk.key, chunk
+    return update.chunk.key, update.chunk
 
 
 def _online(update: Update) -> OnlineWrite | None:
@@ -260,7 +250,6 @@ def build_flow(
     ``source`` and ``online_sink`` replace Kafka and Redis in tests; a replacement
     source names its parts ``{partition}-{topic}`` like Kafka's.
     """
-    events_topic = settings.topic(settings.topics.events)
     catalog = read_catalog_ids(settings) if products is None else products
     source = source or settings_source(settings, [settings.topics.events], tail=tail)
     prefix = settings.redis_key_prefix
@@ -282,16 +271,8 @@ def build_flow(
             app_prefix=FLOW_ID,
         )
         rows = op.filter_map(f"{view}-log-rows", plain, partial(_log_chunk, view=view))
-        sink = DeltaSink(target, _partition_keys(source, events_topic), LOG_POLICY)
-        op.output(f"{view}-log-out", rows, sink)
+        # log rows of one source partition come from shards on every worker, so
+        # the log is committed per whole epoch, and off the Redis path
+        to_table = partial(log_table_of, get_view(view))
+        op.output(f"{view}-log-out", rows, EpochDeltaSink(target, to_table))
     return flow
-
-
-def _partition_keys(source: KafkaBatchSource, topic: str) -> Callable[[], list[str]]:
-    """The log sinks' partitions: one per source partition of ``topic``."""
-
-    def keys() -> list[str]:
-        parts = [part.partition("-") for part in source.list_parts()]
-        return [f"{name}:{index}" for index, _, name in parts if name == topic]
-
-    return keys

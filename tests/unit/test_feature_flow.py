@@ -7,15 +7,17 @@ the last value per key; feature-log Delta tables are real, under tmp_path.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 from deltalake import DeltaTable
 
@@ -169,3 +171,53 @@ def test_one_and_two_workers_write_the_same_user_log(tmp_path: Path) -> None:
     ]
     assert logs[0].num_rows > 1_000
     assert logs[0].equals(logs[1])
+
+
+class _AbortingPartition(_Partition):
+    def __init__(self, source: AbortingSource, batches: list[KafkaBatch], start: int) -> None:
+        super().__init__(batches, start)
+        self.source = source
+
+    def next_batch(self) -> list[KafkaBatch]:
+        if self.source.abort_after is not None and self.source.emitted >= self.source.abort_after:
+            self.source.abort_after = None  # once: the resumed run goes on
+            raise AbortExecution()
+        self.source.emitted += 1
+        time.sleep(0.002)  # let epochs close between batches
+        return super().next_batch()
+
+
+class AbortingSource(BatchListSource):
+    """Aborts the whole execution once, after ``abort_after`` batches."""
+
+    def __init__(self, parts: dict[str, list[KafkaBatch]], abort_after: int) -> None:
+        super().__init__(parts)
+        self.abort_after: int | None = abort_after
+        self.emitted = 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        return _AbortingPartition(self, self.parts[for_part], resume_state or 0)
+
+
+@pytest.mark.parametrize("abort_after", [2, 6, 10])
+def test_resume_after_abort_equals_a_clean_run(tmp_path: Path, abort_after: int) -> None:
+    parts, _ = traffic()
+    clean, _ = run(tmp_path / "clean", 1, parts)
+    settings = Settings(state_dir=tmp_path / "resumed", lake_root=str(tmp_path / "resumed/lake"))
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    source = AbortingSource(parts, abort_after)
+    online = DictSink()
+    flow = build_flow(
+        settings,
+        products=load_catalog().product_ids,
+        clock=lambda: ANCHOR,
+        source=source,  # type: ignore[arg-type]
+        online_sink=online,
+    )
+    config = RecoveryConfig(str(recovery))
+    run_main(flow, epoch_interval=timedelta(milliseconds=5), recovery_config=config)
+    assert source.abort_after is None  # it did abort
+    run_main(flow, epoch_interval=timedelta(milliseconds=5), recovery_config=config)
+    assert online.store == clean.store
