@@ -15,6 +15,7 @@ idempotent sinks absorb the replay.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from infra.errors import ConfigError
 from infra.settings import Settings
+from infra.stack.parts import scrape_targets_dir
 
 FLOW_FACTORIES = {
     "ingest": "flows.ingest:build_flow",
@@ -77,6 +79,16 @@ def ensure_recovery_store(settings: Settings, plan: RunPlan) -> Path:
     return folder
 
 
+def announce_metrics(settings: Settings, name: str, port: int) -> Path:
+    """Tell ``up --with-prometheus``'s Prometheus where to scrape this process."""
+    folder = scrape_targets_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{settings.profile}-{name}.json"
+    labels = {"profile": settings.profile, "process": name}
+    path.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": labels}]))
+    return path
+
+
 def load_factory(flow: str) -> Callable[..., object]:
     module, _, name = FLOW_FACTORIES[flow].partition(":")
     factory: Callable[..., object] = getattr(import_module(module), name)
@@ -92,7 +104,9 @@ def run_process(settings: Settings, plan: RunPlan) -> None:
 
     process_index = plan.process_id or 0
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port + METRICS_OFFSETS[plan.flow] + process_index)
+        port = settings.metrics_port + METRICS_OFFSETS[plan.flow] + process_index
+        serve_metrics(port)
+        announce_metrics(settings, f"{plan.flow}-{process_index}", port)
     flow = load_factory(plan.flow)(settings, tail=plan.tail)
     recovery = None
     if plan.recovery:

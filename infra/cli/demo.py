@@ -1,10 +1,13 @@
 """``tributary demo``: the plantly.shop story on the local stack, end to end.
 
-Each chapter is one step a user could run by hand; later parts of the system
-(flows, training, serving, monitoring) add their chapters as they land.
+Each chapter is one step a user could run by hand. The packages above infra
+add their chapters under the ``tributary.demo`` entry-point group (a function
+taking the settings and a console), run in the order of their names.
 """
 
 from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
 
 import typer
 from rich.console import Console
@@ -15,6 +18,8 @@ from infra.cli.stack import print_actions, print_status, write_catalog
 from infra.plantly.simulator import Scenario, ShopSimulator, SimulationConfig
 from infra.plantly.traffic import KafkaSink
 from infra.settings import Settings, load_settings
+
+CHAPTER_GROUP = "tributary.demo"
 
 
 def register(groups: CommandGroups) -> None:
@@ -51,7 +56,14 @@ def demo(
 
     console.rule("4. what landed: tributary status")
     print_status(status(settings))
+    for number, entry in enumerate(_chapters(), start=5):
+        console.rule(f"{number}. {entry.name.partition('-')[2] or entry.name}")
+        entry.load()(settings, console)
     console.print("The stack keeps running; `tributary down` stops it.")
+
+
+def _chapters() -> list[EntryPoint]:
+    return sorted(entry_points(group=CHAPTER_GROUP), key=lambda entry: entry.name)
 
 
 def _simulate(settings: Settings, config: SimulationConfig) -> None:

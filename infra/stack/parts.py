@@ -123,16 +123,28 @@ def mlflow_part(settings: Settings, state: Path, timeout: float) -> Part:
     )
 
 
+def scrape_targets_dir(settings: Settings) -> Path:
+    """Where running flows and workers announce their metrics endpoints.
+
+    Each process writes ``{profile}-{name}-{index}.json`` (Prometheus file service
+    discovery) when it starts, so Prometheus finds however many there are.
+    """
+    return settings.state_dir / "prometheus" / "targets"
+
+
 def prometheus_config(settings: Settings) -> str:
-    """A scrape config for Prometheus itself and the prediction API."""
+    """A scrape config for Prometheus itself, the prediction API and the flows."""
     own = f"127.0.0.1:{settings.prometheus_port}"
     api = f"127.0.0.1:{settings.api_port}"
+    targets = scrape_targets_dir(settings).resolve() / "*.json"
     return (
         "# Written by `tributary up` on every start; edits here are overwritten.\n"
         "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n"
         "scrape_configs:\n"
         f"  - job_name: prometheus\n    static_configs:\n      - targets: ['{own}']\n"
         f"  - job_name: tributary-api\n    static_configs:\n      - targets: ['{api}']\n"
+        "  - job_name: tributary-flows\n    scrape_interval: 5s\n"
+        f"    file_sd_configs:\n      - files: ['{targets}']\n"
     )
 
 
@@ -143,6 +155,7 @@ def prometheus_part(settings: Settings, state: Path, timeout: float) -> Part:
 
     def prepare() -> None:
         (home / "data").mkdir(parents=True, exist_ok=True)
+        scrape_targets_dir(settings).mkdir(parents=True, exist_ok=True)
         config.write_text(prometheus_config(settings))
 
     return Part(
