@@ -8,6 +8,8 @@ import platform
 import sys
 from typing import Any
 
+from tests.benchmarks.features import bench_feature_reads
+from tests.benchmarks.flows import bench_flow_throughput, bench_freshness
 from tests.benchmarks.simulator import bench_simulator
 from tests.benchmarks.stack import benchmark_stack
 
@@ -27,6 +29,10 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     results: dict[str, Any] = {"machine": machine()}
     with benchmark_stack() as settings:
+        results["feature_reads"] = bench_feature_reads(settings)
+        results["flows"] = bench_flow_throughput(settings)
+        results["freshness"] = bench_freshness(settings)
+        # last: it pins this process to one core
         results["simulator"] = bench_simulator(settings)
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
