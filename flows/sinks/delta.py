@@ -224,8 +224,7 @@ class DeltaPartition(StatefulSinkPartition[RowChunk, Versions]):
     def committed(self, key: str) -> int:
         """The highest offset of ``key`` in the table (-1 when none)."""
         if key not in self._committed:
-            version = self._table.transaction_version(self._app_id(key))
-            self._committed[key] = -1 if version is None else int(version)
+            self._committed[key] = committed_version(self._table, self._app_id(key))
         return self._committed[key]
 
     def write_batch(self, values: list[RowChunk]) -> None:
@@ -254,26 +253,11 @@ class DeltaPartition(StatefulSinkPartition[RowChunk, Versions]):
         """Commit the buffered rows and their versions in one Delta commit."""
         if not self._buffer:
             return
-        data = pa.concat_tables(self._buffer)
-        transactions = [Transaction(self._app_id(k), v) for k, v in sorted(self._pending.items())]
-        start = time.perf_counter()
         # see the other writers' commits first, so this one needs no retries
         self._table.update_incremental()
-        _write_deltalake(
-            self._table,
-            data,
-            mode="append",
-            partition_by=self.target.partition_by,
-            commit_properties=CommitProperties(
-                app_transactions=transactions, max_commit_retries=MAX_COMMIT_RETRIES
-            ),
-            # checkpoints are ours to schedule, counted on the table's versions
-            post_commithook_properties=PostCommitHookProperties(create_checkpoint=False),
+        append_with_versions(
+            self._table, self.target, pa.concat_tables(self._buffer), self._pending
         )
-        labels = {"flow": self.target.flow, "table": self.target.table}
-        DELTA_COMMIT_SECONDS.labels(**labels).observe(time.perf_counter() - start)
-        EVENTS_OUT.labels(flow=self.target.flow, sink=self.target.table).inc(data.num_rows)
-        LAST_PROCESSED.labels(flow=self.target.flow).set_to_current_time()
         self._committed.update(self._pending)
         self._buffer, self._pending, self._rows = [], {}, 0
         self.commits += 1
@@ -282,6 +266,39 @@ class DeltaPartition(StatefulSinkPartition[RowChunk, Versions]):
 
     def _app_id(self, key: str) -> str:
         return app_id(self.target.app_prefix, self.target.table, key)
+
+
+def committed_version(table: DeltaTable, app: str) -> int:
+    """The version recorded under app id ``app`` (-1 when none)."""
+    version = table.transaction_version(app)
+    return -1 if version is None else int(version)
+
+
+def append_with_versions(
+    table: DeltaTable, target: DeltaTarget, data: pa.Table, versions: Versions
+) -> None:
+    """Append ``data`` and record ``versions`` (per source partition) in the same commit."""
+    transactions = [
+        Transaction(app_id(target.app_prefix, target.table, key), version)
+        for key, version in sorted(versions.items())
+    ]
+    start = time.perf_counter()
+    _write_deltalake(
+        table,
+        data,
+        mode="append",
+        partition_by=target.partition_by,
+        commit_properties=CommitProperties(
+            app_transactions=transactions, max_commit_retries=MAX_COMMIT_RETRIES
+        ),
+        # checkpoints are the sinks' to schedule, counted on the table's versions
+        post_commithook_properties=PostCommitHookProperties(create_checkpoint=False),
+    )
+    DELTA_COMMIT_SECONDS.labels(flow=target.flow, table=target.table).observe(
+        time.perf_counter() - start
+    )
+    EVENTS_OUT.labels(flow=target.flow, sink=target.table).inc(data.num_rows)
+    LAST_PROCESSED.labels(flow=target.flow).set_to_current_time()
 
 
 def compact(table_uri: str, storage_options: dict[str, str] | None = None) -> dict[str, Any]:

@@ -25,18 +25,22 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction
-from deltalake import write_deltalake as _write_deltalake
+from deltalake import DeltaTable
 
-from flows.metrics import DELTA_COMMIT_SECONDS, EVENTS_OUT, LAST_PROCESSED
-from flows.sinks.delta import MAX_COMMIT_RETRIES, DeltaTarget, Versions, app_id, source_key
+from flows.sinks.delta import (
+    DeltaTarget,
+    Versions,
+    app_id,
+    append_with_versions,
+    committed_version,
+    source_key,
+)
 
 CHECKPOINT_EVERY = 100
 PART = "epochs"
@@ -89,10 +93,6 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _at_least(committed: int | None, version: int) -> bool:
-    return committed is not None and committed >= version
-
-
 class EpochDeltaSink(FixedPartitionedSink[ColumnChunk, State]):
     """One sink partition per table; items may carry any source partition key.
 
@@ -140,8 +140,7 @@ class EpochDeltaPartition(StatefulSinkPartition[ColumnChunk, State]):
 
     def committed(self, key: str) -> int:
         if key not in self._committed:
-            version = self._table.transaction_version(self._app_id(key))
-            self._committed[key] = -1 if version is None else int(version)
+            self._committed[key] = committed_version(self._table, self._app_id(key))
         return self._committed[key]
 
     def write_batch(self, values: list[ColumnChunk]) -> None:
@@ -197,28 +196,11 @@ class EpochDeltaPartition(StatefulSinkPartition[ColumnChunk, State]):
     def _commit(self, table: DeltaTable, epoch: PendingEpoch) -> None:
         table.update_incremental()
         landed = all(
-            _at_least(table.transaction_version(self._app_id(key)), version)
+            committed_version(table, self._app_id(key)) >= version
             for key, version in epoch.versions.items()
         )
         if landed:  # committed before a crash; the commit is atomic, so all of it
             return
-        data = _from_ipc(epoch.data)
-        start = time.perf_counter()
-        transactions = [Transaction(self._app_id(k), v) for k, v in sorted(epoch.versions.items())]
-        _write_deltalake(
-            table,
-            data,
-            mode="append",
-            partition_by=self.target.partition_by,
-            commit_properties=CommitProperties(
-                app_transactions=transactions, max_commit_retries=MAX_COMMIT_RETRIES
-            ),
-            post_commithook_properties=PostCommitHookProperties(create_checkpoint=False),
-        )
-        DELTA_COMMIT_SECONDS.labels(flow=self.target.flow, table=self.target.table).observe(
-            time.perf_counter() - start
-        )
-        EVENTS_OUT.labels(flow=self.target.flow, sink=self.target.table).inc(data.num_rows)
-        LAST_PROCESSED.labels(flow=self.target.flow).set_to_current_time()
+        append_with_versions(table, self.target, _from_ipc(epoch.data), epoch.versions)
         if table.version() % CHECKPOINT_EVERY == 0:
             table.create_checkpoint()
