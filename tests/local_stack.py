@@ -40,3 +40,18 @@ def running_stack(state_dir: Path) -> Iterator[Settings]:
         yield settings
     finally:
         down(settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``TRIBUTARY_*`` variables that make ``Settings()`` in another process equal these."""
+    env = {
+        "TRIBUTARY_PROFILE": settings.profile,
+        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
+        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TRIBUTARY_REDIS_URL": settings.redis_url,
+        "TRIBUTARY_MLFLOW_URI": settings.mlflow_uri,
+        "TRIBUTARY_METRICS_PORT": str(settings.metrics_port),
+    }
+    if settings.lake_root is not None:
+        env["TRIBUTARY_LAKE_ROOT"] = settings.lake_root
+    return env

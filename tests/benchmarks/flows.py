@@ -31,6 +31,7 @@ from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
+from tests.local_stack import settings_env
 
 TARGET_THROUGHPUT = 20_000
 TARGET_FRESHNESS_P99_MS = 250.0
@@ -66,17 +67,6 @@ def bench_flow_throughput(settings: Settings, events: int = 200_000) -> dict[str
     return results
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TRIBUTARY_PROFILE": settings.profile,
-        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
-        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TRIBUTARY_REDIS_URL": settings.redis_url,
-        "TRIBUTARY_METRICS_PORT": "0",
-    }
-
-
 def _probe(settings: Settings, producer: Producer, client: Redis, index: int) -> float:
     user = f"u-probe-{settings.profile}-{index}"
     key = feature_key(settings, "user", user)
@@ -97,7 +87,9 @@ def _probe(settings: Settings, producer: Producer, client: Redis, index: int) ->
 def bench_freshness(settings: Settings, rate: float = 5_000, probes: int = 300) -> dict[str, Any]:
     live = _profile(settings, f"fresh{int(time.time())}")
     command = [sys.executable, "-m", "infra.cli", "run", "features", "--no-recovery"]
-    flow = subprocess.Popen(command, env=_env(live))
+    flow = subprocess.Popen(
+        command, env={**os.environ, **settings_env(live.model_copy(update={"metrics_port": 0}))}
+    )
     stop = threading.Event()
     background = ShopSimulator(SimulationConfig(events=10**9, seed=4))
     producer = Producer(live, **{"linger.ms": 0})

@@ -35,6 +35,7 @@ from infra.plantly.simulator import Scenario, ShopSimulator, SimMessage, Simulat
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
+from tests.local_stack import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +55,7 @@ def profile_settings(
     settings = stack_settings.model_copy(update={"profile": profile})
     ensure_topics(settings.kafka_bootstrap, settings.all_topics(), settings.topic_partitions)
     ensure_catalog_table(settings)
-    env = {
-        "TRIBUTARY_PROFILE": profile,
-        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
-        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TRIBUTARY_REDIS_URL": settings.redis_url,
-        "TRIBUTARY_MLFLOW_URI": settings.mlflow_uri,
-    }
-    for name, value in env.items():
+    for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     return settings
 

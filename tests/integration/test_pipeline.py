@@ -28,7 +28,7 @@ from infra.plantly.simulator import Scenario, ShopSimulator, SimulationConfig
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
-from tests.local_stack import free_port
+from tests.local_stack import free_port, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,7 @@ def test_backfill_rebuilds_a_flushed_online_store(
     client.delete(*before)
     assert not list(client.scan_iter(pattern))
 
-    for name, value in env_of(landed).items():
+    for name, value in settings_env(landed).items():
         monkeypatch.setenv(name, value)
     today = datetime.now(UTC).date()
     start = (today - timedelta(days=3)).isoformat()
@@ -163,18 +163,6 @@ def test_backfill_rebuilds_a_flushed_online_store(
     assert after == before  # every entity, byte for byte
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "TRIBUTARY_PROFILE": settings.profile,
-        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
-        "TRIBUTARY_LAKE_ROOT": str(settings.lake_root),
-        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TRIBUTARY_REDIS_URL": settings.redis_url,
-        "TRIBUTARY_MLFLOW_URI": settings.mlflow_uri,
-        "TRIBUTARY_METRICS_PORT": str(settings.metrics_port),
-    }
-
-
 def test_two_processes_split_the_partitions(stack_settings: Settings, tmp_path: Path) -> None:
     settings = fresh_profile(stack_settings, tmp_path).model_copy(
         update={"metrics_port": free_port()}
@@ -184,7 +172,9 @@ def test_two_processes_split_the_partitions(stack_settings: Settings, tmp_path: 
     send_traffic(ShopSimulator(config), [KafkaSink(settings)])
     command = [sys.executable, "-m", "infra.cli", "run", "ingest", "--processes", "2"]
     command += ["--until-end", "--no-recovery"]
-    done = subprocess.run(command, env={**os.environ, **env_of(settings)}, timeout=180, check=False)
+    done = subprocess.run(
+        command, env={**os.environ, **settings_env(settings)}, timeout=180, check=False
+    )
     assert done.returncode == 0
     ids = [e["event_id"] for e in bronze_events(settings)]
     assert sorted(ids) == sorted(json.loads(m.value)["event_id"] for m in sent)

@@ -16,6 +16,7 @@ from infra.plantly.catalog import load_catalog
 from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
+from tests.local_stack import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +31,7 @@ def profile_settings(
     profile = "t" + str(abs(hash(request.node.nodeid)) % 10**8)
     settings = stack_settings.model_copy(update={"profile": profile})
     ensure_topics(settings.kafka_bootstrap, settings.all_topics(), settings.topic_partitions)
-    env = {
-        "TRIBUTARY_PROFILE": profile,
-        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
-        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TRIBUTARY_REDIS_URL": settings.redis_url,
-        "TRIBUTARY_MLFLOW_URI": settings.mlflow_uri,
-    }
-    for name, value in env.items():
+    for name, value in settings_env(settings).items():
         monkeypatch.setenv(name, value)
     return settings
 
