@@ -79,6 +79,46 @@ def ensure_recovery_store(settings: Settings, plan: RunPlan) -> Path:
     return folder
 
 
+def discard_uncommitted_snapshots(folder: Path) -> int:
+    """Delete the snapshots of epochs the store never committed; returns how many.
+
+    Bytewax 0.21 resumes at the oldest frontier of the latest execution and loads,
+    per state key, the newest snapshot *before* that epoch, but it keeps what a
+    killed execution wrote for later epochs. The next execution runs those epoch
+    numbers again and overwrites only the keys it snapshots in them (a source
+    partition every epoch, a stateful key or sink partition only when it got
+    items), so once they commit, a later resume mixes the dead execution's shard
+    state with another's Kafka offsets: events counted twice (or lost).
+
+    Call it before any process of the flow starts, never while one runs.
+    """
+    import sqlite3
+    from contextlib import closing
+
+    parts = sorted(folder.glob("part-*.sqlite3"))
+    executions: list[tuple[int, int, int]] = []
+    for path in parts:
+        with closing(sqlite3.connect(path)) as db:
+            executions += db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs")
+    if not executions:
+        return 0
+    ex_num, worker_count, resume_epoch = max(executions)
+    # as Bytewax computes it: each worker's frontier (the execution's start if it
+    # wrote none), the oldest of them
+    frontiers = dict.fromkeys(range(worker_count), resume_epoch)
+    for path in parts:
+        with closing(sqlite3.connect(path)) as db:
+            query = "SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?"
+            for worker, frontier in db.execute(query, (ex_num,)):
+                frontiers[worker] = max(frontiers.get(worker, resume_epoch), frontier)
+    resume = min(frontiers.values())
+    deleted = 0
+    for path in parts:
+        with closing(sqlite3.connect(path)) as db, db:
+            deleted += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (resume,)).rowcount
+    return deleted
+
+
 def announce_metrics(settings: Settings, name: str, port: int) -> Path:
     """Tell ``up --with-prometheus``'s Prometheus where to scrape this process."""
     folder = scrape_targets_dir(settings)
@@ -110,7 +150,10 @@ def run_process(settings: Settings, plan: RunPlan) -> None:
     flow = load_factory(plan.flow)(settings, tail=plan.tail)
     recovery = None
     if plan.recovery:
-        recovery = RecoveryConfig(str(ensure_recovery_store(settings, plan)))
+        folder = ensure_recovery_store(settings, plan)
+        if plan.process_id is None:  # a cluster's processes: run_local_cluster did it
+            discard_uncommitted_snapshots(folder)
+        recovery = RecoveryConfig(str(folder))
     cli_main(
         flow,
         workers_per_process=plan.workers,
@@ -139,7 +182,8 @@ def run_local_cluster(settings: Settings, plan: RunPlan, argv: Sequence[str]) ->
     ``--addresses`` are appended for each.
     """
     if plan.recovery:
-        ensure_recovery_store(settings, plan)  # once, before the processes race for it
+        # once, before the processes race for it
+        discard_uncommitted_snapshots(ensure_recovery_store(settings, plan))
     addresses = loopback_addresses(plan.processes)
     children = [
         subprocess.Popen(

@@ -22,6 +22,7 @@ from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
+from tests.local_stack import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,33 +34,41 @@ def variant(base: Settings, folder: Path, redis_db: int) -> Settings:
     """Same topics (same profile), its own Redis database, lake and recovery store."""
     url = base.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     return base.model_copy(
-        update={"state_dir": folder, "lake_root": str(folder / "lake"), "redis_url": url}
+        update={
+            "state_dir": folder,
+            "lake_root": str(folder / "lake"),
+            "redis_url": url,
+            "metrics_port": 0,
+        }
     )
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TRIBUTARY_PROFILE": settings.profile,
-        "TRIBUTARY_STATE_DIR": str(settings.state_dir),
-        "TRIBUTARY_LAKE_ROOT": str(settings.lake_root),
-        "TRIBUTARY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TRIBUTARY_REDIS_URL": settings.redis_url,
-        "TRIBUTARY_MLFLOW_URI": settings.mlflow_uri,
-        "TRIBUTARY_METRICS_PORT": "0",
-    }
+def delta_versions(settings: Settings, table: str) -> int:
+    return len(list(Path(settings.table_uri(table), "_delta_log").glob("*.json")))
+
+
+PROGRESS = {"ingest": "bronze/events", "features": "features/user"}
 
 
 def run_with_kills(settings: Settings, flow: str, rng: random.Random) -> None:
+    """Kill the flow three times, each soon after it committed something new."""
     command = [sys.executable, "-m", "infra.cli", "run", flow, "--until-end"]
     command += ["--snapshot-interval", "0.5"]
     for _ in range(KILLS):
-        child = subprocess.Popen(command, env=env_of(settings))
-        time.sleep(rng.uniform(2.0, 3.5))  # start-up takes ~1.5 s: kill mid-stream
+        seen = delta_versions(settings, PROGRESS[flow])
+        child = subprocess.Popen(command, env={**os.environ, **settings_env(settings)})
+        deadline = time.monotonic() + 120
+        while delta_versions(settings, PROGRESS[flow]) == seen:
+            assert child.poll() is None, f"{flow} ended before it committed anything"
+            assert time.monotonic() < deadline, f"{flow} made no progress in 120 s"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.8))
         assert child.poll() is None, f"{flow} ended before it could be killed"
         child.send_signal(signal.SIGKILL)
         child.wait()
-    finished = subprocess.run(command, env=env_of(settings), timeout=300, check=False)
+    finished = subprocess.run(
+        command, env={**os.environ, **settings_env(settings)}, timeout=300, check=False
+    )
     assert finished.returncode == 0
 
 
