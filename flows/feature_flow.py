@@ -17,7 +17,10 @@ Recovery: a shard's snapshot holds its entities' tile snapshots; after a crash
 the shard is rebuilt from it and Kafka resumes at the snapshotted offsets, so
 replayed events rebuild exactly the same tiles. Redis writes are absolute
 values and the log's Delta sink skips offsets it already holds, so the replay
-changes nothing that was already written.
+changes nothing that was already written. (Bytewax keeps snapshots that a
+killed run wrote for epochs it never committed; :mod:`flows.runner` deletes
+them before a restart, or a resume could pair a newer shard state with older
+offsets.)
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from redis import Redis
 from flows.feature_log import LogBuilder, log_schema, log_table, log_table_of
 from flows.features.codec import encode
 from flows.features.definitions import get_view
+from flows.features.online import DEFAULT_TTL_S
 from flows.features.tiles import EntityTiles, TileSnapshot
 from flows.ingest import now_utc
 from flows.kafka_source import KafkaBatch, KafkaBatchSource, settings_source
@@ -54,7 +58,6 @@ FLOW = "features"
 FLOW_ID = "tributary-features"
 SHARDS = 32
 VIEWS = ("user", "product")
-ONLINE_TTL_S = 31 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ class _RedisPartition(StatelessSinkPartition[OnlineWrite]):
         start = time.perf_counter()
         pipe = self.client.pipeline(transaction=False)
         for item in latest.values():
-            pipe.set(item.key, item.value, ex=ONLINE_TTL_S)
+            pipe.set(item.key, item.value, ex=DEFAULT_TTL_S)
         pipe.execute()
         done = time.time()
         REDIS_WRITE_SECONDS.labels(flow=FLOW).observe(time.perf_counter() - start)
