@@ -50,7 +50,7 @@ test-integration: setup
 	$(PY) -m pytest -m integration
 
 bench: setup
-	$(PY) -m tests.benchmarks
+	@$(PY) -m tests.benchmarks
 
 lint: setup
 	$(VENV)/bin/ruff check .
