@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from infra.plantly.catalog import ensure_catalog_table
 from infra.settings import Settings
-from tests.local_stack import running_stack, settings_for
+from infra.stack.kafka_admin import ensure_topics
+from tests.local_stack import running_stack, settings_env, settings_for
 
 NewStackSettings = Callable[[str], Settings]
 
@@ -31,3 +33,17 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     """Settings of the session's running stack (Tansu, Redis, MLflow, topics, catalog)."""
     with running_stack(tmp_path_factory.mktemp("stack")) as settings:
         yield settings
+
+
+@pytest.fixture
+def profile_settings(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Settings:
+    """The session stack under a profile of this test's own: empty topics and tables."""
+    profile = "t" + str(abs(hash(request.node.nodeid)) % 10**8)
+    settings = stack_settings.model_copy(update={"profile": profile})
+    ensure_topics(settings.kafka_bootstrap, settings.all_topics(), settings.topic_partitions)
+    ensure_catalog_table(settings)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    return settings

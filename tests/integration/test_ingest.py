@@ -30,12 +30,9 @@ from flows.ingest import build_flow
 from infra.contracts import DlqHeaders, RejectionReason
 from infra.contracts.tables import TableName
 from infra.kafka.reader import end_offsets, read_topic
-from infra.plantly.catalog import ensure_catalog_table
 from infra.plantly.simulator import Scenario, ShopSimulator, SimMessage, SimulationConfig
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
-from infra.stack.kafka_admin import ensure_topics
-from tests.local_stack import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_main(flow: Dataflow) -> None:
     _run_main(flow)
-
-
-@pytest.fixture
-def profile_settings(
-    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Settings:
-    """The session stack under a profile of this test's own: empty topics and tables."""
-    profile = "t" + str(abs(hash(request.node.nodeid)) % 10**8)
-    settings = stack_settings.model_copy(update={"profile": profile})
-    ensure_topics(settings.kafka_bootstrap, settings.all_topics(), settings.topic_partitions)
-    ensure_catalog_table(settings)
-    for name, value in settings_env(settings).items():
-        monkeypatch.setenv(name, value)
-    return settings
 
 
 class _Recorder:

@@ -15,25 +15,10 @@ from infra.kafka.reader import end_offsets, read_topic
 from infra.plantly.catalog import load_catalog
 from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.settings import Settings
-from infra.stack.kafka_admin import ensure_topics
-from tests.local_stack import settings_env
 
 pytestmark = pytest.mark.integration
 
 ANCHOR = "2026-11-20T12:00:00+00:00"
-
-
-@pytest.fixture
-def profile_settings(
-    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Settings:
-    """The session stack under a profile of this test's own, so topics start empty."""
-    profile = "t" + str(abs(hash(request.node.nodeid)) % 10**8)
-    settings = stack_settings.model_copy(update={"profile": profile})
-    ensure_topics(settings.kafka_bootstrap, settings.all_topics(), settings.topic_partitions)
-    for name, value in settings_env(settings).items():
-        monkeypatch.setenv(name, value)
-    return settings
 
 
 def test_simulated_events_land_exactly_once(
