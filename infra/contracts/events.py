@@ -12,7 +12,15 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
@@ -32,6 +40,11 @@ Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Quantity = Annotated[int, Field(ge=1, le=1000)]
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -43,6 +56,10 @@ def _check_schema_version(value: int) -> int:
     return value
 
 
+EventTime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+SchemaVersion = Annotated[int, AfterValidator(_check_schema_version)]
+
+
 class ShopEvent(BaseModel):
     """One clickstream event on ``shop.events`` (key: ``user_id``)."""
 
@@ -50,7 +67,7 @@ class ShopEvent(BaseModel):
 
     event_id: Identifier
     event_type: EventType
-    event_ts: AwareDatetime
+    event_ts: EventTime
     user_id: UserId
     product_id: Identifier
     session_id: Identifier | None = None
@@ -59,14 +76,7 @@ class ShopEvent(BaseModel):
     device: Device
     price: Price | None = None
     quantity: Quantity | None = None
-    schema_version: int
-
-    _version = field_validator("schema_version")(_check_schema_version)
-
-    @field_validator("event_ts")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+    schema_version: SchemaVersion
 
     @model_validator(mode="after")
     def _required_by_type(self) -> ShopEvent:
@@ -95,20 +105,13 @@ class ShopOrder(BaseModel):
     model_config = _STRICT
 
     order_id: Identifier
-    event_ts: AwareDatetime
+    event_ts: EventTime
     user_id: UserId
     items: Annotated[list[OrderItem], Field(min_length=1, max_length=1000)]
     total: Price
     email: Annotated[str, Field(max_length=254)]
     shipping_address: Annotated[str, Field(min_length=1, max_length=512)]
-    schema_version: int
-
-    _version = field_validator("schema_version")(_check_schema_version)
-
-    @field_validator("event_ts")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+    schema_version: SchemaVersion
 
     @field_validator("email")
     @classmethod
