@@ -122,22 +122,11 @@ class Count:
 
 
 @dataclass(frozen=True, slots=True)
-class Money:
+class Money(Count):
     """A money total over the window; tiles keep cents, so the sum is exact."""
 
-    name: str
-    measure: Measure
-    window: Window
     dtype: Dtype = "float64"
     default: FeatureValue = 0.0
-
-    @property
-    def windows(self) -> tuple[WindowTotal, ...]:
-        return ((self.measure, self.window),)
-
-    @property
-    def measures(self) -> tuple[Measure, ...]:
-        return (self.measure,)
 
     def combine(self, totals: Sequence[int], last_event_ts: float | None) -> FeatureValue:
         return totals[0] / 100
