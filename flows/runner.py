@@ -34,8 +34,20 @@ FLOW_FACTORIES = {
     "ingest": "flows.ingest:build_flow",
     "features": "flows.feature_flow:build_flow",
 }
+# Packages above flows (training, serving, monitoring) add their dataflows here, so
+# the runner can start them without importing upward.
+FLOW_ENTRY_POINT_GROUP = "tributary.flows"
 # Each flow serves Prometheus metrics on settings.metrics_port + offset + process index.
-METRICS_OFFSETS = {"ingest": 0, "features": 10}
+METRICS_OFFSETS = {"ingest": 0, "features": 10, "learner": 20, "scorer": 30, "monitor": 40}
+_OTHER_FLOWS_OFFSET = 50
+
+
+def flow_factories() -> dict[str, str]:
+    """Every known flow name and its ``module:build_flow`` factory."""
+    from importlib.metadata import entry_points
+
+    found = {entry.name: entry.value for entry in entry_points(group=FLOW_ENTRY_POINT_GROUP)}
+    return {**found, **FLOW_FACTORIES}
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,9 @@ class RunPlan:
     tail: bool = True
 
     def __post_init__(self) -> None:
-        if self.flow not in FLOW_FACTORIES:
-            raise ConfigError(f"unknown flow {self.flow!r}; choose from {sorted(FLOW_FACTORIES)}")
+        known = flow_factories()
+        if self.flow not in known:
+            raise ConfigError(f"unknown flow {self.flow!r}; choose from {sorted(known)}")
         if self.workers < 1 or self.processes < 1:
             raise ConfigError("--workers and --processes must be at least 1")
         if self.process_id is not None and len(self.addresses) != self.processes:
@@ -130,7 +143,7 @@ def announce_metrics(settings: Settings, name: str, port: int) -> Path:
 
 
 def load_factory(flow: str) -> Callable[..., object]:
-    module, _, name = FLOW_FACTORIES[flow].partition(":")
+    module, _, name = flow_factories()[flow].partition(":")
     factory: Callable[..., object] = getattr(import_module(module), name)
     return factory
 
@@ -144,7 +157,8 @@ def run_process(settings: Settings, plan: RunPlan) -> None:
 
     process_index = plan.process_id or 0
     if settings.metrics_port:
-        port = settings.metrics_port + METRICS_OFFSETS[plan.flow] + process_index
+        offset = METRICS_OFFSETS.get(plan.flow, _OTHER_FLOWS_OFFSET)
+        port = settings.metrics_port + offset + process_index
         serve_metrics(port)
         announce_metrics(settings, f"{plan.flow}-{process_index}", port)
     flow = load_factory(plan.flow)(settings, tail=plan.tail)

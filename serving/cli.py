@@ -1,0 +1,9 @@
+"""Commands of the serving package (filled in below)."""
+
+from __future__ import annotations
+
+from infra.cli.app import CommandGroups
+
+
+def register(groups: CommandGroups) -> None:
+    """Add the serving commands to the CLI."""
