@@ -46,6 +46,37 @@ class TopicNames(BaseModel):
     predictions: str = "ml.predictions"
     monitor: str = "ml.monitor"
     retrain: str = "ml.retrain"
+    score_requests: str = "ml.score-requests"
+    scores: str = "ml.scores"
+
+
+class TrainingSettings(BaseModel):
+    """The learner, the retrain worker and the gates (``TRIBUTARY_TRAINING__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_days: float = Field(7.0, gt=0, le=30)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    learner_checkpoint_events: int = Field(50_000, ge=1)
+    learner_checkpoint_minutes: float = Field(5.0, gt=0)
+    retrain_cooldown_s: float = Field(600.0, ge=0)
+    retrain_attempts: int = Field(3, ge=1, le=10)
+    retrain_backoff_s: float = Field(5.0, ge=0)
+    webhook_port: int = Field(15080, ge=0, le=65535)
+    webhook_secret: SecretStr | None = None
+
+
+class ServingSettings(BaseModel):
+    """The prediction API (``TRIBUTARY_SERVING__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    canary_fraction: float = Field(0.0, ge=0, le=1)
+    shadow: bool = False
+    model_poll_s: float = Field(10.0, gt=0)
+    default_k: int = Field(10, ge=1, le=500)
+    max_candidates: int = Field(500, ge=1, le=5_000)
+    prediction_queue: int = Field(10_000, ge=1)
 
 
 class HostPort(BaseModel):
@@ -88,6 +119,8 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=256)
     topics: TopicNames = Field(default_factory=TopicNames)
     registered_model: str = "plant-recommender"
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(
