@@ -11,7 +11,7 @@ tell a segment that is worse from one that is only small.
 >>> round(log_loss([0, 1], [0.2, 0.9]), 4)
 0.1643
 >>> round(auc_standard_error(0.75, positives=50, negatives=500), 3)
-0.036
+0.041
 """
 
 from __future__ import annotations
