@@ -1,0 +1,280 @@
+"""Point-in-time training sets: impressions, their labels, and features as of each one.
+
+For a time range ``[start, end)``, :func:`build_rows` replays ``bronze/events``
+in event-time order through the same :class:`~flows.features.tiles.EntityTiles`
+the stream uses. Each impression in the range gets the ``user`` and ``product``
+features **as of its event time**, computed before any event at or after that
+time is counted — so nothing from the future leaks in, and the row equals what
+the online store served at that moment. The label is 1 when the same user buys
+the same product within 30 minutes after the impression (event time).
+
+Two edges are deliberate:
+
+- History before ``start`` is replayed (31 days: the longest window) so the
+  first impressions see complete windows.
+- Impressions less than 30 minutes before the newest event read are left out:
+  their label is not known yet, and calling them negatives would bias the set.
+
+:func:`build_training_set` reads one pinned Delta version of each table and
+returns those versions with the rows, for lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
+
+from flows.features.definitions import PRODUCT_VIEW, USER_VIEW
+from flows.features.tiles import EntityTiles
+from infra.contracts.events import ShopEvent
+from infra.contracts.tables import BRONZE_EVENTS, SourcePosition, TableName, event_row
+from infra.contracts.validate import validate
+from infra.errors import InvalidInputError, NotFoundError
+from infra.plantly.catalog import Catalog, load_catalog
+from infra.plantly.simulator import ShopSimulator, SimulationConfig
+from infra.settings import Settings
+from training.contract import append_row, empty_columns
+
+LABEL_WINDOW_S = 30 * 60
+WARM_UP = timedelta(days=31)
+EXTRA_COLUMNS = ("label", "event_ts", "event_id")
+_EVENT_COLUMNS = [
+    "event_id", "event_type", "event_ts", "user_id", "product_id", "region", "device",
+    "price", "quantity", "source_partition", "source_offset",
+]  # fmt: skip
+
+
+@dataclass
+class TrainingSet:
+    """Rows of one time range and the Delta table versions they were built from."""
+
+    frame: pd.DataFrame
+    start: datetime
+    end: datetime
+    delta_versions: dict[str, int]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def label_rate(self) -> float:
+        return float(self.frame["label"].mean()) if len(self.frame) else 0.0
+
+
+def build_rows(
+    events: pa.Table,
+    start: float,
+    end: float,
+    catalog: Catalog,
+    skipped: dict[str, int] | None = None,
+) -> pd.DataFrame:
+    """Contract rows plus ``label``, ``event_ts``, ``event_id`` for impressions in [start, end).
+
+    ``events`` has the ``bronze/events`` columns (any order of rows). Counts of
+    impressions left out, by reason, are added to ``skipped``.
+    """
+    ordered = _in_event_time_order(events)
+    purchases = _purchase_times(ordered)
+    horizon = _newest_ts(ordered) - LABEL_WINDOW_S
+    columns = empty_columns()
+    extra: dict[str, list[object]] = {name: [] for name in EXTRA_COLUMNS}
+    left_out: dict[str, int] = defaultdict(int)
+    users: dict[str, EntityTiles] = defaultdict(EntityTiles)
+    products: dict[str, EntityTiles] = defaultdict(EntityTiles)
+    pending: list[tuple[str, float, str, str, float | None, int | None]] = []
+    current = float("-inf")
+    for row in _rows_of(ordered):
+        ts = row["event_ts"].timestamp()
+        if ts != current:
+            # events of one instant are counted only after every impression of it is
+            # read: "as of t" means strictly before t
+            _count(pending, users, products)
+            current = ts
+        pending.append(
+            (row["event_type"], ts, row["user_id"], row["product_id"], row["price"],
+             row["quantity"])
+        )  # fmt: skip
+        if row["event_type"] != "impression" or not start <= ts < end:
+            continue
+        if ts > horizon:
+            left_out["label_not_known_yet"] += 1
+            continue
+        if row["product_id"] not in catalog:
+            left_out["product_not_in_catalog"] += 1
+            continue
+        user_id, product_id = row["user_id"], row["product_id"]
+        append_row(
+            columns, user_id, product_id, row["region"], row["device"],
+            users[user_id].features(USER_VIEW, ts), products[product_id].features(PRODUCT_VIEW, ts),
+            catalog, ts,
+        )  # fmt: skip
+        extra["label"].append(_label(purchases.get((user_id, product_id)), ts))
+        extra["event_ts"].append(ts)
+        extra["event_id"].append(row["event_id"])
+    if skipped is not None:
+        for reason, count in left_out.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    return _frame(columns, extra)
+
+
+def _count(
+    pending: list[tuple[str, float, str, str, float | None, int | None]],
+    users: dict[str, EntityTiles],
+    products: dict[str, EntityTiles],
+) -> None:
+    for event_type, ts, user_id, product_id, price, quantity in pending:
+        users[user_id].add(event_type, ts, price, quantity)
+        products[product_id].add(event_type, ts, price, quantity)
+    pending.clear()
+
+
+def _label(purchased_at: list[float] | None, ts: float) -> int:
+    """1 when a purchase falls in [ts, ts + 30 min]."""
+    if not purchased_at:
+        return 0
+    index = bisect_left(purchased_at, ts)
+    return int(index < len(purchased_at) and purchased_at[index] <= ts + LABEL_WINDOW_S)
+
+
+def _purchase_times(events: pa.Table) -> dict[tuple[str, str], list[float]]:
+    bought = events.filter(pc.equal(events["event_type"], "purchase"))
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for user_id, product_id, ts in zip(
+        bought["user_id"].to_pylist(), bought["product_id"].to_pylist(),
+        bought["event_ts"].to_pylist(), strict=True,
+    ):  # fmt: skip
+        times[(user_id, product_id)].append(ts.timestamp())
+    for values in times.values():
+        values.sort()
+    return times
+
+
+def _in_event_time_order(events: pa.Table) -> pa.Table:
+    keys = [("event_ts", "ascending")]
+    if "source_partition" in events.column_names:
+        keys += [("source_partition", "ascending"), ("source_offset", "ascending")]
+    return events.take(pc.sort_indices(events, keys))
+
+
+def _newest_ts(events: pa.Table) -> float:
+    if events.num_rows == 0:
+        return float("-inf")
+    newest = pc.max(events["event_ts"]).as_py()
+    return float(newest.timestamp())
+
+
+def _rows_of(events: pa.Table) -> Iterator[dict[str, object]]:
+    names = [name for name in _EVENT_COLUMNS if name in events.column_names]
+    for batch in events.select(names).to_batches(max_chunksize=50_000):
+        yield from batch.to_pylist()
+
+
+def _frame(columns: dict[str, list[object]], extra: dict[str, list[object]]) -> pd.DataFrame:
+    frame = pd.DataFrame({**columns, **extra})
+    for name in ("label",):
+        frame[name] = frame[name].astype("int64")
+    return frame
+
+
+def time_split(
+    frame: pd.DataFrame, validation_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train on the earlier rows, validate on the latest ``validation_fraction`` of them.
+
+    Rows of the same instant stay on one side, so a validation row never shares a
+    timestamp with a training row.
+    """
+    if not 0 < validation_fraction < 1:
+        raise InvalidInputError("validation_fraction must be between 0 and 1")
+    ordered = frame.sort_values("event_ts", kind="stable").reset_index(drop=True)
+    if len(ordered) < 2:
+        raise InvalidInputError(f"{len(ordered)} rows cannot be split into train and validation")
+    cut_ts = ordered["event_ts"].iloc[int(len(ordered) * (1 - validation_fraction))]
+    train = ordered[ordered["event_ts"] < cut_ts].reset_index(drop=True)
+    valid = ordered[ordered["event_ts"] >= cut_ts].reset_index(drop=True)
+    return train, valid
+
+
+# -- sources of events ---------------------------------------------------------
+
+
+def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int, pa.Table]:
+    """Bronze events from ``start`` - 31 days to ``end`` + 30 minutes, at one pinned version."""
+    uri = settings.table_uri(TableName.BRONZE_EVENTS)
+    options = settings.lake_storage_options or None
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        raise NotFoundError(f"no bronze events table at {uri}: run the ingest flow first")
+    table = DeltaTable(uri, storage_options=options)
+    version = int(table.version())
+    first = (start - WARM_UP).date()
+    last = (end + timedelta(seconds=LABEL_WINDOW_S)).date()
+    date_field = ds.field("event_date")
+    in_range = (date_field >= pa.scalar(first, pa.date32())) & (
+        date_field <= pa.scalar(last, pa.date32())
+    )
+    data = table.to_pyarrow_dataset().to_table(columns=_EVENT_COLUMNS, filter=in_range)
+    return version, data
+
+
+def catalog_version(settings: Settings) -> int | None:
+    uri = settings.table_uri(TableName.CATALOG_PRODUCTS)
+    options = settings.lake_storage_options or None
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return int(DeltaTable(uri, storage_options=options).version())
+
+
+def build_training_set(
+    settings: Settings, start: datetime, end: datetime, catalog: Catalog | None = None
+) -> TrainingSet:
+    """Rows for impressions in [start, end) from pinned versions of the Delta tables."""
+    if end <= start:
+        raise InvalidInputError(f"the training range is empty: {start} .. {end}")
+    version, events = read_events(settings, start, end)
+    versions = {TableName.BRONZE_EVENTS: version}
+    catalog_at = catalog_version(settings)
+    if catalog_at is not None:
+        versions[TableName.CATALOG_PRODUCTS] = catalog_at
+    skipped: dict[str, int] = {}
+    frame = build_rows(
+        events, start.timestamp(), end.timestamp(), catalog or load_catalog(), skipped
+    )
+    return TrainingSet(frame, start, end, versions, skipped)
+
+
+def simulated_events(config: SimulationConfig, catalog: Catalog | None = None) -> pa.Table:
+    """A ``bronze/events`` table straight from the simulator, without Kafka or Delta.
+
+    For tests and benchmarks; deliberately broken events are dropped as ingest would.
+    """
+    catalog = catalog or load_catalog()
+    rows = []
+    for offset, message in enumerate(ShopSimulator(config, catalog).messages()):
+        if message.topic != "events":
+            continue
+        event = validate(message.value, kind="event", products=catalog.product_ids)
+        if isinstance(event, ShopEvent):
+            rows.append(event_row(event, SourcePosition("shop.events", 0, offset)))
+    return pa.Table.from_pylist(rows, schema=BRONZE_EVENTS)
+
+
+def describe(training_set: TrainingSet) -> str:
+    """A one-line JSON summary for logs and the CLI."""
+    return json.dumps(
+        {
+            "rows": len(training_set.frame),
+            "label_rate": round(training_set.label_rate, 4),
+            "start": training_set.start.isoformat(),
+            "end": training_set.end.isoformat(),
+            "delta_versions": training_set.delta_versions,
+            "skipped": training_set.skipped,
+        }
+    )
