@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -171,7 +172,7 @@ def _newest_ts(events: pa.Table) -> float:
     return float(newest.timestamp())
 
 
-def _rows_of(events: pa.Table) -> Iterator[dict[str, object]]:
+def _rows_of(events: pa.Table) -> Iterator[dict[str, Any]]:
     names = [name for name in _EVENT_COLUMNS if name in events.column_names]
     for batch in events.select(names).to_batches(max_chunksize=50_000):
         yield from batch.to_pylist()
@@ -225,7 +226,7 @@ def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int
 
 
 def catalog_version(settings: Settings) -> int | None:
-    uri = settings.table_uri(TableName.CATALOG_PRODUCTS)
+    uri = settings.table_uri(TableName.CATALOG)
     options = settings.lake_storage_options or None
     if not DeltaTable.is_deltatable(uri, storage_options=options):
         return None
@@ -242,7 +243,7 @@ def build_training_set(
     versions = {TableName.BRONZE_EVENTS: version}
     catalog_at = catalog_version(settings)
     if catalog_at is not None:
-        versions[TableName.CATALOG_PRODUCTS] = catalog_at
+        versions[TableName.CATALOG] = catalog_at
     skipped: dict[str, int] = {}
     frame = build_rows(
         events, start.timestamp(), end.timestamp(), catalog or load_catalog(), skipped

@@ -14,7 +14,7 @@ from training.pii import scan_frame, scan_text
 
 def _frame(rows: int = 60) -> pd.DataFrame:
     catalog = load_catalog()
-    products = [(pid, {}) for pid in list(catalog)[:rows]]
+    products: list[tuple[str, dict[str, float]]] = [(pid, {}) for pid in list(catalog)[:rows]]
     frame = pd.DataFrame(assemble_rows("u-1", "US-CA", "mobile", {}, products, catalog, 0.0))
     frame["label"] = [i % 2 for i in range(rows)]
     frame["event_ts"] = [float(i) for i in range(rows)]
