@@ -225,6 +225,23 @@ def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int
     return version, data
 
 
+def newest_event_time(settings: Settings) -> datetime:
+    """Event time of the newest bronze event: where a "recent window" ends."""
+    uri = settings.table_uri(TableName.BRONZE_EVENTS)
+    options = settings.lake_storage_options or None
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        raise NotFoundError(f"no bronze events table at {uri}: run the ingest flow first")
+    column = (
+        DeltaTable(uri, storage_options=options)
+        .to_pyarrow_dataset()
+        .to_table(columns=["event_ts"])["event_ts"]
+    )
+    newest: datetime | None = pc.max(column).as_py()
+    if newest is None:
+        raise NotFoundError(f"the bronze events table at {uri} is empty")
+    return newest + timedelta(seconds=1)  # the range end is exclusive
+
+
 def catalog_version(settings: Settings) -> int | None:
     uri = settings.table_uri(TableName.CATALOG)
     options = settings.lake_storage_options or None
