@@ -20,9 +20,10 @@ from infra.settings import load_settings
 
 def register(groups: CommandGroups) -> None:
     from flows.features.cli import register as register_features
+    from flows.runner import flow_factories
 
-    for flow in ("ingest", "features"):
-        groups.run.command(flow, help=_FLOW_HELP[flow])(_run_command(flow))
+    for flow in flow_factories():
+        groups.run.command(flow, help=_FLOW_HELP.get(flow))(_run_command(flow))
     groups.root.command("backfill")(backfill_command)
     register_features(groups)
 
@@ -30,6 +31,8 @@ def register(groups: CommandGroups) -> None:
 _FLOW_HELP = {
     "ingest": "Validate shop.events/shop.orders into bronze Delta; bad input to shop.dlq.",
     "features": "Maintain the user and product feature views in Redis and the feature log.",
+    "learner": "Learn a River model from impressions and their labels as they arrive.",
+    "scorer": "Score recommendation requests from a topic with the champion model.",
 }
 
 
@@ -72,7 +75,7 @@ def _run_command(flow: str) -> Callable[..., None]:
             sys.exit(run_local_cluster(settings, plan, self_command(flow, options)))
         run_process(settings, plan)
 
-    command.__doc__ = _FLOW_HELP[flow]
+    command.__doc__ = _FLOW_HELP.get(flow, f"Run the {flow} dataflow.")
     return command
 
 
