@@ -13,7 +13,9 @@ so a restart remembers it). Errors are retried ``retrain_attempts`` times with
 exponential backoff; every outcome is logged as one JSON line, counted in
 ``tributary_retrain_runs_total{outcome}`` and kept in the ``last_retrain`` tag.
 A malformed request goes to ``shop.dlq`` with a reason; the Kafka position is
-committed only after its job is done, so a crash re-runs it.
+committed only after its job is done, so a crash re-runs it. MLflow delivers
+webhooks best effort, so the worker also checks the ``challenger`` alias every
+30 seconds and gates a challenger that was never gated.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from training.train import TrainReport, TrainRequest, train
 
 _LOG = logging.getLogger("training.retrainer")
 LAST_RETRAIN_TAG: Final = "last_retrain"
+CHALLENGER_CHECK_S: Final = 30.0
 RUNS = Counter("tributary_retrain_runs", "Retrain and gate jobs by outcome.", ["job", "outcome"])
 Outcome = Literal["promoted", "rejected", "skipped", "failed", "invalid"]
 
@@ -261,6 +264,12 @@ class RetrainTopic:
         self.consumer.close()
 
 
+def _queue_ungated_challenger(worker: RetrainWorker) -> None:
+    challenger = Registry(worker.settings).alias(CHALLENGER)
+    if challenger is not None and not challenger.tags.get("gates"):
+        worker.gate_jobs.put(challenger.version)
+
+
 def run_worker(settings: Settings, stop: threading.Event, webhook_port: int | None = None) -> None:
     """The worker loop: webhook gate jobs first, then ``ml.retrain``, until ``stop`` is set."""
     from training.webhook import WebhookReceiver, ensure_webhook
@@ -270,8 +279,13 @@ def run_worker(settings: Settings, stop: threading.Event, webhook_port: int | No
     ensure_webhook(settings, receiver.url)
     topic = RetrainTopic(settings)
     _LOG.info("retrainer listening on %s and %s", topic.topic, receiver.url)
+    next_check = 0.0
     try:
         while not stop.is_set():
+            if time.monotonic() >= next_check:
+                # deliveries are best effort: also look at the alias now and then
+                _queue_ungated_challenger(worker)
+                next_check = time.monotonic() + CHALLENGER_CHECK_S
             try:
                 worker.gate(worker.gate_jobs.get_nowait())
                 continue

@@ -22,10 +22,13 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "mlflow": 60.0,  # ~14 s to its first /health on a 2-core machine
     "prometheus": 15.0,
 }
-# Registry webhooks to loopback receivers are refused without these.
+# Registry webhooks to loopback receivers are refused without the first two. The
+# server caches the webhook list per event for 60 s by default, so a webhook
+# registered right after an alias change would miss deliveries for a minute.
 MLFLOW_ENV: Mapping[str, str] = {
     "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
     "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "2",
 }
 
 
