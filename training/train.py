@@ -24,14 +24,14 @@ from typing import Any, Literal
 import mlflow
 import pandas as pd
 
+from flows.features.definitions import FEATURE_SET_VERSION
 from infra.errors import InvalidInputError
-from infra.plantly.catalog import load_catalog
 from infra.settings import Settings
 from training.checks import check_training_set
 from training.contract import COLUMNS
 from training.dataset import TrainingSet, build_training_set, newest_event_time, time_split
 from training.metrics import log_loss, roc_auc, segment_aucs
-from training.model_card import ModelCard, render_model_card
+from training.model_card import ModelCard, TrainingData, render_model_card
 from training.promotion import MODEL_CARD_ARTIFACT, VALIDATION_ARTIFACT
 from training.pyfunc import RecommenderModel, Scorer
 from training.registry import (
@@ -110,7 +110,7 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
         mlflow.log_metrics(metrics)
         _log_validation(valid_rows)
         version = _register(settings, model, training_set, valid_rows, request)
-        card = _card(settings, version, request, training_set, valid_rows, scores, metrics)
+        card = _card(version, request, training_set, valid_rows, scores, metrics)
         mlflow.log_text(card, MODEL_CARD_ARTIFACT)
     registry = Registry(settings)
     registry.set_tags(version.version, {"valid_auc": f"{metrics['valid_auc']:.4f}"})
@@ -163,7 +163,7 @@ def _fit_torch(
 
     result = fit_torch(train_rows, valid_rows, config, progress=request.progress,
                        on_epoch=on_epoch)  # fmt: skip
-    params = {f"torch_{k}": v for k, v in asdict(config).items()}
+    params = {f"torch_{k}": v for k, v in config.model_dump().items()}
     extra = {"best_epoch": result.best_epoch, "amp": result.amp,
              "examples_per_s": round(max(h.examples_per_s for h in result.history))}  # fmt: skip
     return _Fitted(result.scorer, params, str(result.device), extra)
@@ -210,7 +210,6 @@ def _register(
 
 
 def _card(
-    settings: Settings,
     version: RegisteredVersion,
     request: TrainRequest,
     training_set: TrainingSet,
@@ -218,20 +217,15 @@ def _card(
     scores: Any,
     metrics: dict[str, float],
 ) -> str:
+    data = TrainingData(
+        start=training_set.start, end=training_set.end,
+        delta_versions=training_set.delta_versions, train_rows=len(training_set.frame) -
+        len(valid_rows), valid_rows=len(valid_rows), label_rate=training_set.label_rate,
+        feature_set_version=FEATURE_SET_VERSION, git_revision=git_revision(),
+    )  # fmt: skip
     card = ModelCard(
-        name=version.name,
-        version=version.version,
-        kind=request.kind,
-        window_start=training_set.start,
-        window_end=training_set.end,
-        delta_versions=training_set.delta_versions,
-        rows=len(training_set.frame),
-        validation_rows=len(valid_rows),
-        label_rate=training_set.label_rate,
-        git_revision=git_revision(),
-        valid_auc=metrics["valid_auc"],
-        valid_log_loss=metrics["valid_log_loss"],
+        name=version.name, version=version.version, kind=request.kind, data=data,
+        valid_auc=metrics["valid_auc"], valid_log_loss=metrics["valid_log_loss"],
         segments=segment_aucs(valid_rows, scores),
-        catalog_size=len(load_catalog()),
-    )
+    )  # fmt: skip
     return render_model_card(card)

@@ -44,11 +44,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def validation() -> pd.DataFrame:
-    config = SimulationConfig(
-        events=120_000, seed=11, history_days=4, users=1500,
-        anchor=datetime(2026, 11, 20, tzinfo=UTC),
-    )  # fmt: skip
-    frame = build_rows(simulated_events(config), 0.0, config.anchor.timestamp(), load_catalog())
+    anchor = datetime(2026, 11, 20, tzinfo=UTC)
+    config = SimulationConfig(events=120_000, seed=11, history_days=4, users=1500, anchor=anchor)
+    frame = build_rows(simulated_events(config), 0.0, anchor.timestamp(), load_catalog())
     return time_split(frame, 0.3)[1]
 
 
@@ -61,9 +59,9 @@ def register(
     configure(settings)
     mlflow.set_experiment(experiment_name(settings))
     with mlflow.start_run(), tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "validation.parquet"
+        path = Path(folder) / Path(VALIDATION_ARTIFACT).name
         validation.to_parquet(path)
-        mlflow.log_artifact(str(path), "validation")
+        mlflow.log_artifact(str(path), str(Path(VALIDATION_ARTIFACT).parent))
         mlflow.log_text(f"# Model card\n\nA {model.kind} model.\n", MODEL_CARD_ARTIFACT)
         if signature is None:
             example = validation[list(COLUMNS)].head(3)
