@@ -81,9 +81,9 @@ def promote_command(
     try:
         report = evaluate(settings, version) if dry_run else promote(settings, version)
     except GateFailedError as failure:
-        _print_gates(failure.report.to_dict(), as_json)
+        print_gates(failure.report.to_dict(), as_json)
         raise CliError(str(failure)) from failure
-    _print_gates(report.to_dict(), as_json)
+    print_gates(report.to_dict(), as_json)
 
 
 def rollback_command(
@@ -126,7 +126,7 @@ def _moment(text: str | None, option: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _print_gates(report: dict[str, Any], as_json: bool) -> None:
+def print_gates(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report))
         return

@@ -27,7 +27,7 @@ def register(groups: CommandGroups) -> None:
 
 
 def demo(
-    events: int = typer.Option(20_000, "--events", min=1, help="History events to simulate."),
+    events: int = typer.Option(100_000, "--events", min=1, help="History events to simulate."),
     history_days: float = typer.Option(7.0, "--history-days", min=0.0, max=30.0),
     bad_events: int = typer.Option(2_000, "--bad-events", min=0, help="Bad-input burst size."),
     seed: int = typer.Option(42, "--seed"),
