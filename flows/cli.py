@@ -28,6 +28,9 @@ def register(groups: CommandGroups) -> None:
     register_features(groups)
 
 
+# flows that resume from their own checkpoints (the learner: MLflow) instead of Bytewax's
+_OWN_RECOVERY = frozenset({"learner"})
+
 _FLOW_HELP = {
     "ingest": "Validate shop.events/shop.orders into bronze Delta; bad input to shop.dlq.",
     "features": "Maintain the user and product feature views in Redis and the feature log.",
@@ -50,7 +53,9 @@ def _run_command(flow: str) -> Callable[..., None]:
         addresses: str | None = typer.Option(
             None, "--addresses", help="host:port of every process, ';'-separated, same order."
         ),
-        recovery: bool = typer.Option(True, "--recovery/--no-recovery", help="Snapshot state."),
+        recovery: bool = typer.Option(
+            flow not in _OWN_RECOVERY, "--recovery/--no-recovery", help="Snapshot state."
+        ),
         snapshot_interval: float = typer.Option(
             5.0, "--snapshot-interval", min=0.1, help="Seconds between snapshots (epochs)."
         ),

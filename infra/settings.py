@@ -59,6 +59,8 @@ class TrainingSettings(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     learner_checkpoint_events: int = Field(50_000, ge=1)
     learner_checkpoint_minutes: float = Field(5.0, gt=0)
+    learner_allowed_lateness_s: float = Field(3600.0, ge=0)
+    learner_max_pending_per_user: int = Field(64, ge=1)
     retrain_cooldown_s: float = Field(600.0, ge=0)
     retrain_attempts: int = Field(3, ge=1, le=10)
     retrain_backoff_s: float = Field(5.0, ge=0)

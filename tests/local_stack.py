@@ -54,4 +54,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.lake_root is not None:
         env["TRIBUTARY_LAKE_ROOT"] = settings.lake_root
+    # nested groups travel whole, as JSON
+    env["TRIBUTARY_TRAINING"] = settings.training.model_dump_json()
+    env["TRIBUTARY_SERVING"] = settings.serving.model_dump_json()
     return env
