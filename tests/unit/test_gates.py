@@ -19,7 +19,7 @@ class Column:
         self.name = name
 
     def score(self, rows: pd.DataFrame) -> np.ndarray:
-        return rows[self.name].to_numpy(dtype=float)
+        return np.asarray(rows[self.name].to_numpy(dtype=float))
 
 
 def _frame(rows: int = 20_000, seed: int = 0) -> pd.DataFrame:
