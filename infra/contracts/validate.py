@@ -97,7 +97,7 @@ def validate(
     try:
         parsed = _MODELS[kind].model_validate_json(raw)
     except ValidationError as error:
-        return _rejection_from(error)
+        return rejection_from(error)
     message: ShopEvent | ShopOrder = parsed  # type: ignore[assignment]
     if products is not None:
         unknown = _unknown_product(message, products)
@@ -116,7 +116,7 @@ def _unknown_product(message: ShopEvent | ShopOrder, products: Container[str]) -
     return next((pid for pid in ids if pid not in products), None)
 
 
-def _rejection_from(error: ValidationError) -> Rejection:
+def rejection_from(error: ValidationError) -> Rejection:
     details = error.errors(include_input=False, include_url=False)
     best = min(details, key=lambda d: _reason_for(d).precedence)
     where = ".".join(str(part) for part in best["loc"]) or "payload"
