@@ -117,6 +117,7 @@ def _unknown_product(message: ShopEvent | ShopOrder, products: Container[str]) -
 
 
 def rejection_from(error: ValidationError) -> Rejection:
+    """The rejection for a pydantic error: the most fundamental reason among its details."""
     details = error.errors(include_input=False, include_url=False)
     best = min(details, key=lambda d: _reason_for(d).precedence)
     where = ".".join(str(part) for part in best["loc"]) or "payload"
