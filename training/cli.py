@@ -38,6 +38,9 @@ def train_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed; CPU runs are deterministic with it."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Most epochs (torch)."),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="CPU threads for torch (one is fastest for this model)."
+    ),
     challenger: bool = typer.Option(
         False, "--challenger", help="Also set the challenger alias (triggers the gates)."
     ),
@@ -53,7 +56,8 @@ def train_command(
 
     request = TrainRequest(
         kind=kind, device=device, start=window[0], end=window[1],  # type: ignore[arg-type]
-        window_days=days, seed=seed, max_epochs=epochs, challenger=challenger,
+        window_days=days, seed=seed, max_epochs=epochs, cpu_threads=threads,
+        challenger=challenger,
         progress=not as_json,
     )  # fmt: skip
     report = train(load_settings(), request)

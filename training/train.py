@@ -57,6 +57,8 @@ class TrainRequest:
     window_days: float | None = None
     seed: int = 0
     max_epochs: int | None = None
+    # a small network trains fastest on one thread; more only pay on idle, many-core hosts
+    cpu_threads: int | None = 1
     challenger: bool = False
     progress: bool = True
 
@@ -152,7 +154,9 @@ def _fit_torch(
 ) -> _Fitted:
     from training.torch_train import EpochResult, TorchConfig, fit_torch
 
-    overrides: dict[str, Any] = {"device": request.device, "seed": request.seed}
+    overrides: dict[str, Any] = {
+        "device": request.device, "seed": request.seed, "cpu_threads": request.cpu_threads,
+    }  # fmt: skip
     if request.max_epochs is not None:
         overrides["max_epochs"] = request.max_epochs
     config = TorchConfig(**overrides)
