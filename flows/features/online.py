@@ -107,6 +107,34 @@ async def read_features_async(
     return _rows(spec, entity_ids, values, _as_of(as_of))
 
 
+def read_views(
+    client: Redis,
+    settings: Settings,
+    wanted: Sequence[tuple[str, Sequence[str]]],
+    as_of: float | None = None,
+) -> list[list[FeatureRow]]:
+    """Features of several views' entities, ``[(view, ids), ...]``, in one MGET.
+
+    Returns one list of rows per ``(view, ids)`` pair, in the order asked: a
+    prediction reads its user and every candidate product in one round trip.
+    """
+    specs, keys = _view_keys(settings, wanted)
+    values = client.mget(keys) if keys else []
+    return _view_rows(specs, wanted, values, _as_of(as_of))
+
+
+async def read_views_async(
+    client: AsyncRedis,
+    settings: Settings,
+    wanted: Sequence[tuple[str, Sequence[str]]],
+    as_of: float | None = None,
+) -> list[list[FeatureRow]]:
+    """:func:`read_views` for ``redis.asyncio`` clients (the serving API)."""
+    specs, keys = _view_keys(settings, wanted)
+    values = await client.mget(keys) if keys else []
+    return _view_rows(specs, wanted, values, _as_of(as_of))
+
+
 def read_tiles(
     client: Redis, settings: Settings, view: str, entity_ids: Sequence[str]
 ) -> list[EntityTiles | None]:
@@ -138,6 +166,31 @@ def delete_view(client: Redis, settings: Settings, view: str) -> int:
 def _keys(settings: Settings, view: str, entity_ids: Sequence[str]) -> list[str]:
     prefix = feature_key(settings, view, "")
     return [prefix + entity_id for entity_id in entity_ids]
+
+
+def _view_keys(
+    settings: Settings, wanted: Sequence[tuple[str, Sequence[str]]]
+) -> tuple[list[FeatureView], list[str]]:
+    specs = [get_view(view) for view, _ in wanted]  # unknown views fail before the round trip
+    keys: list[str] = []
+    for view, entity_ids in wanted:
+        keys += _keys(settings, view, entity_ids)
+    return specs, keys
+
+
+def _view_rows(
+    specs: list[FeatureView],
+    wanted: Sequence[tuple[str, Sequence[str]]],
+    values: list[StoredValue],
+    as_of: float,
+) -> list[list[FeatureRow]]:
+    out: list[list[FeatureRow]] = []
+    start = 0
+    for spec, (_, entity_ids) in zip(specs, wanted, strict=True):
+        end = start + len(entity_ids)
+        out.append(_rows(spec, entity_ids, values[start:end], as_of))
+        start = end
+    return out
 
 
 def _as_of(as_of: float | None) -> float:
