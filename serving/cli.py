@@ -1,9 +1,55 @@
-"""Commands of the serving package (filled in below)."""
+"""``tributary serve``: the prediction API under uvicorn, in the foreground.
+
+One worker by default: the event loop with uvloop, httptools and hiredis is
+what measured fastest here (see the README's serving benchmark); more workers
+are one option away. Heavy imports happen inside the command.
+"""
 
 from __future__ import annotations
+
+import typer
 
 from infra.cli.app import CommandGroups
 
 
 def register(groups: CommandGroups) -> None:
     """Add the serving commands to the CLI."""
+    groups.root.command("serve")(serve)
+
+
+def serve(
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="Port; default TRIBUTARY_API_PORT (8000)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (loopback unless you say otherwise)."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="uvicorn worker processes."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+) -> None:
+    """Serve /v1/recommendations, /v1/predict, /v1/features, /readyz and /metrics."""
+    import os
+
+    import uvicorn
+
+    from infra.settings import load_settings
+    from serving.security import ApiKeys
+
+    settings = load_settings()
+    ApiKeys.from_settings(settings)  # refuse to start without keys outside dev, before binding
+    # One intra-op thread for torch/numpy: 50-row batches gain nothing from more, and spare
+    # threads spin against the event loop on a small machine. Set the variable to override.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    uvicorn.run(
+        "serving.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port or settings.api_port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+    )

@@ -17,6 +17,7 @@ from infra.cli.errors import CliError
 from infra.contracts.events import MAX_EVENT_AGE
 from infra.plantly.catalog import ensure_catalog_table
 from infra.plantly.simulator import Scenario, ShopSimulator, SimulationConfig
+from infra.plantly.storefront import ApiStorefront
 from infra.plantly.traffic import JsonlSink, KafkaSink, TrafficReport, TrafficSink, send_traffic
 from infra.settings import Settings
 
@@ -45,6 +46,19 @@ def simulate(
     jsonl: Path | None = typer.Option(None, "--jsonl", help="Also write events/orders JSONL here."),
     no_kafka: bool = typer.Option(False, "--no-kafka", help="Write only the JSONL files."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's report as JSON."),
+    via_api: str | None = typer.Option(
+        None,
+        "--via-api",
+        metavar="URL",
+        help="Show what the prediction API ranks (e.g. http://127.0.0.1:8000): impressions "
+        "carry its request_id. Live traffic only.",
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="TRIBUTARY_SIMULATOR_API_KEY",
+        help="X-API-Key for --via-api; default the first key of TRIBUTARY_API_KEYS.",
+    ),
 ) -> None:
     """Produce realistic plantly.shop traffic."""
     if history_days > MAX_EVENT_AGE.days:
@@ -53,6 +67,8 @@ def simulate(
         )
     if no_kafka and jsonl is None:
         raise CliError("--no-kafka needs --jsonl DIR, or nothing would be written")
+    if via_api is not None and history_days > 0:
+        raise CliError("--via-api needs live traffic: the API ranks as of now, not in the past")
     if anchor is not None and anchor.tzinfo is None:
         anchor = anchor.replace(tzinfo=UTC)
     chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
@@ -67,8 +83,26 @@ def simulate(
         sinks.append(KafkaSink(settings))
     if jsonl is not None:
         sinks.append(JsonlSink(jsonl))
-    report = run_simulation(ShopSimulator(config), sinks, rate, quiet=as_json)
+    storefront = None if via_api is None else api_storefront(settings, via_api, api_key)
+    try:
+        report = run_simulation(ShopSimulator(config, storefront=storefront), sinks, rate,
+                                quiet=as_json)  # fmt: skip
+    finally:
+        if storefront is not None:
+            storefront.close()
     print_report(report, config, as_json)
+    if storefront is not None and not as_json:
+        typer.echo(f"asked {via_api} {storefront.calls} times ({storefront.failures} failed)")
+
+
+def api_storefront(settings: Settings, url: str, api_key: str | None) -> ApiStorefront:
+    """The prediction API as the shop's storefront, with the given or the first configured key."""
+    if api_key is None:
+        try:
+            api_key = next(iter(settings.api_key_roles()), None)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    return ApiStorefront(url, api_key)
 
 
 def run_simulation(

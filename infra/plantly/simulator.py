@@ -30,6 +30,7 @@ from infra.plantly.bad_input import REASONS, mutate
 from infra.plantly.catalog import Catalog, load_catalog
 from infra.plantly.encoding import encode_event, encode_json, rfc3339
 from infra.plantly.population import Population, User, build_population, make_user
+from infra.plantly.storefront import Storefront
 
 
 class Scenario(StrEnum):
@@ -85,12 +86,20 @@ class _Timed:
 class ShopSimulator:
     """Deterministic for a given config (and ``anchor``): same seed, same bytes."""
 
-    def __init__(self, config: SimulationConfig, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulationConfig,
+        catalog: Catalog | None = None,
+        storefront: Storefront | None = None,
+    ) -> None:
         self.config = config
         self.catalog = catalog or load_catalog()
+        # None: the shop picks what it shows; else e.g. the prediction API (closing the loop)
+        self.storefront = storefront
         self.population: Population = build_population(config.users, config.world_seed)
         self.rng = random.Random(config.seed)
         self._plants = self.catalog.plants
+        self._plant_index = {plant.product_id: i for i, plant in enumerate(self._plants)}
         world = random.Random(config.world_seed + 1)
         self._quality = [world.gauss(0.0, 0.5) for _ in self._plants]
         self._cum_popularity = list(accumulate(math.exp(q) for q in self._quality))
@@ -175,20 +184,39 @@ class ShopSimulator:
         self._sessions += 1
         session_id = f"s-{self.run_id}-{self._sessions}"
         out: list[_Timed] = []
-        for _ in range(1 + int(rng.expovariate(1 / 7.0))):
-            index = self._display(user, drifted)
-            self._impression(user, index, t, session_id, drifted, out)
+        count = 1 + int(rng.expovariate(1 / 7.0))
+        shown = self._shown(user, count)
+        for position in range(count):
+            if position < len(shown):
+                index, request_id = shown[position]
+            else:
+                index, request_id = self._display(user, drifted), None
+            self._impression(user, index, t, session_id, drifted, out, request_id)
             t += rng.uniform(3.0, 40.0)
         if not self.config.live:
             out.sort(key=lambda item: (item.ts, item.seq))
         return out
 
+    def _shown(self, user: User, count: int) -> list[tuple[int, str | None]]:
+        """The storefront's picks for this session (none without one), as plant indices."""
+        if self.storefront is None:
+            return []
+        picks = self.storefront.show(user.user_id, user.region, user.device, count)
+        return [(self._plant_index[pid], rid) for pid, rid in picks if pid in self._plant_index]
+
     def _impression(
-        self, user: User, index: int, t: float, session: str, drifted: bool, out: list[_Timed]
+        self,
+        user: User,
+        index: int,
+        t: float,
+        session: str,
+        drifted: bool,
+        out: list[_Timed],
+        request_id: str | None = None,
     ) -> None:
         rng = self.rng
         p_click, p_cart, p_buy = bh.funnel_probabilities(self._affinity(user, index, t, drifted))
-        self._emit(out, "impression", t, user, index, session)
+        self._emit(out, "impression", t, user, index, session, request_id=request_id)
         if rng.random() >= p_click:
             return
         t += rng.uniform(2.0, 20.0)
@@ -269,6 +297,7 @@ class ShopSimulator:
         index: int,
         session: str,
         quantity: int | None = None,
+        request_id: str | None = None,
     ) -> None:
         t = self._session_start(0.0) if self.config.live else min(t, self.anchor_ts)
         plant = self._plants[index]
@@ -277,7 +306,7 @@ class ShopSimulator:
         key = user.user_id.encode()
         value = encode_event(
             event_id, event_type, t, user.user_id, plant.product_id, session,
-            user.region, user.device, plant.price, quantity,
+            user.region, user.device, plant.price, quantity, request_id,
         )  # fmt: skip
         out.append(_Timed(t, self._seq, SimMessage("events", key, value)))
         if quantity is not None:

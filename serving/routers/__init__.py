@@ -1,0 +1,1 @@
+"""The API's routers, one per concern, included by :func:`serving.app.create_app`."""

@@ -1,0 +1,88 @@
+"""``tributary serve`` as a process: keys, real HTTP, readiness, a flushed log on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from infra.contracts.events import ShopEvent
+from infra.contracts.validate import validate
+from infra.kafka.reader import read_topic
+from infra.plantly.simulator import ShopSimulator, SimulationConfig
+from infra.plantly.storefront import ApiStorefront
+from infra.settings import Settings
+from tests.benchmarks.serving import api_process
+from tests.integration.test_serving_api import (
+    ADMIN_KEY,
+    USERS,
+    fresh_profile,
+    register_scorer,
+    write_features,
+)
+from tests.local_stack import free_port, settings_env
+from tests.scorers import PopularityScorer
+from training.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+
+def test_serve_answers_over_http_and_flushes_its_log_on_sigterm(stack_settings: Settings) -> None:
+    settings = fresh_profile(stack_settings, "sp")
+    Registry(settings).make_champion(register_scorer(settings, PopularityScorer()))
+    write_features(settings, USERS[:5], time.time())
+    ids = []
+    with api_process(settings, free_port(), api_key=ADMIN_KEY) as url:
+        headers = {"X-API-Key": ADMIN_KEY}
+        for user in USERS[:5]:
+            response = httpx.post(
+                f"{url}/v1/recommendations",
+                headers=headers,
+                json={"user_id": user, "region": "US-OR", "k": 3},
+            )
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["request_id"])
+        assert httpx.post(f"{url}/v1/recommendations", json={}).status_code == 401
+        shown = simulate_via_api(url)
+        ids += sorted({event["request_id"] for event in shown})
+        metrics = httpx.get(f"{url}/metrics").text
+        answered = 'tributary_serving_requests_total{route="/v1/recommendations",status="200"}'
+        assert f"{answered} {float(len(ids))}" in metrics  # the 401 is counted apart
+    topic = settings.topic(settings.topics.predictions)
+    logged = [json.loads(r.value)["request_id"] for r in read_topic(settings, topic)]
+    assert sorted(logged) == sorted(ids)
+
+
+def simulate_via_api(url: str) -> list[dict[str, str]]:
+    """Live traffic whose shop shows the API's picks: the impressions carrying a request_id."""
+    front = ApiStorefront(url, ADMIN_KEY)
+    try:
+        config = SimulationConfig(events=300, seed=8, users=40)
+        messages = list(ShopSimulator(config, storefront=front).messages())
+    finally:
+        front.close()
+    assert front.calls > 0 and front.failures == 0
+    events = [validate(m.value) for m in messages if m.topic == "events"]
+    assert all(isinstance(e, ShopEvent) for e in events)  # request_id is in the contract
+    shown = [json.loads(m.value) for m in messages if b'"request_id"' in m.value]
+    assert len(shown) >= front.calls and {e["event_type"] for e in shown} == {"impression"}
+    return shown
+
+
+def test_serve_refuses_to_start_without_keys_outside_dev(stack_settings: Settings) -> None:
+    env = {**os.environ, **settings_env(stack_settings), "TRIBUTARY_PROFILE": "prod"}
+    env.pop("TRIBUTARY_API_KEYS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: profile 'prod' needs API keys")
