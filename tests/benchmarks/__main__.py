@@ -8,10 +8,14 @@ import platform
 import sys
 from typing import Any
 
+from tests.benchmarks.feast_compare import bench_feast_compare
 from tests.benchmarks.features import bench_feature_reads
 from tests.benchmarks.flows import bench_flow_throughput, bench_freshness
+from tests.benchmarks.learner import bench_learner
+from tests.benchmarks.serving import bench_serving
 from tests.benchmarks.simulator import bench_simulator
 from tests.benchmarks.stack import benchmark_stack
+from tests.benchmarks.torch_train import bench_torch_train
 
 
 def machine() -> dict[str, Any]:
@@ -28,10 +32,15 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     results: dict[str, Any] = {"machine": machine()}
+    results["torch_train"] = bench_torch_train()  # needs no stack
     with benchmark_stack() as settings:
         results["feature_reads"] = bench_feature_reads(settings)
         results["flows"] = bench_flow_throughput(settings)
         results["freshness"] = bench_freshness(settings)
+        results["learner"] = bench_learner(settings)
+        results["feast_compare"] = bench_feast_compare(settings)
+        # before the pinning below: the API and wrk run as child processes
+        results["serving"] = bench_serving(settings)
         # last: it pins this process to one core
         results["simulator"] = bench_simulator(settings)
     json.dump(results, sys.stdout, indent=2)

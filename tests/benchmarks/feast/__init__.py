@@ -1,0 +1,1 @@
+"""The Feast side of the feature-serving comparison; its scripts run in Feast's own virtualenv."""
