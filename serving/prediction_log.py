@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
-import pandas as pd
 
 from flows.features.definitions import FeatureValue
 from infra.kafka.producer import Producer
@@ -42,7 +41,7 @@ from infra.settings import Settings
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel
 from serving.schemas import FeatureAges
-from training.contract import Columns, assemble_rows
+from training.contract import Columns, RowBatch, assemble_rows
 from training.ranking import ScoredItem
 
 _LOG = logging.getLogger("serving.prediction_log")
@@ -83,7 +82,7 @@ class PredictionRecord:
     items: list[ScoredItem]
     ranked: list[ScoredItem]  # every scored candidate, best first
     removed: int
-    rows: pd.DataFrame  # what the model scored; the shadow model scores it too
+    rows: RowBatch  # what the model scored; the shadow model scores it too
     inputs: RowInputs
     ages: FeatureAges
     latency_ms: float
@@ -222,13 +221,13 @@ class PredictionLog:
         if record.shadow is None or record.rows.empty:
             return None
         try:
-            scored = record.shadow.model.score_frame(record.rows)
+            _, scores = record.shadow.model.score_columns(record.rows)
         except Exception:
             _LOG.exception("shadow model v%s failed", record.shadow.version)
             self._shadow_failed.inc()
             return None
-        scores: list[float] = scored["score"].tolist()
-        return scores
+        listed: list[float] = scores.tolist()
+        return listed
 
 
 def _plain(value: object) -> object:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import pandas as pd
 from prometheus_client import Histogram
 from redis.asyncio import Redis as AsyncRedis
 
@@ -50,7 +49,7 @@ from serving.schemas import (
     RecommendationResponse,
     ScoredProduct,
 )
-from training.contract import UNKNOWN_DEVICE
+from training.contract import UNKNOWN_DEVICE, Rows
 from training.pyfunc import RecommenderModel, Scorer
 from training.ranking import Recommendation, recommend
 
@@ -92,7 +91,7 @@ class _TimedScorer:
         self.scorer = scorer
         self.timer = timer
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         started = time.perf_counter()
         try:
             return self.scorer.score(rows)

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from flows.features.codec import encode
 from flows.features.online import feature_key
@@ -32,6 +31,7 @@ from flows.features.tiles import EntityTiles
 from infra.errors import NotFoundError
 from infra.settings import Settings
 from serving.state import Backends
+from training.contract import Rows
 from training.pyfunc import RecommenderModel
 from training.registry import CHALLENGER, CHAMPION, RegisteredVersion
 
@@ -39,7 +39,8 @@ from training.registry import CHALLENGER, CHAMPION, RegisteredVersion
 class OffsetScorer:
     """``offset`` plus a price term: the same ranking for every offset, distinct scores.
 
-    >>> rows = pd.DataFrame({"price": [10.0, 50.0]})
+    >>> from training.contract import RowBatch
+    >>> rows = RowBatch({"price": [10.0, 50.0]})
     >>> OffsetScorer(0.2).score(rows).round(3).tolist()
     [0.283, 0.45]
     """
@@ -49,8 +50,8 @@ class OffsetScorer:
     def __init__(self, offset: float) -> None:
         self.offset = offset
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        price = rows["price"].to_numpy(dtype=np.float64)
+    def score(self, rows: Rows) -> np.ndarray:
+        price = np.asarray(rows["price"], dtype=np.float64)
         return np.asarray(self.offset + 0.5 * price / (price + 50.0))
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 
 from infra.plantly.catalog import load_catalog
+from training.contract import Rows
 from training.pyfunc import RecommenderModel
 
 
@@ -22,12 +22,15 @@ class PopularityScorer:
     def __init__(self, bias: float = 0.0) -> None:
         self.bias = bias
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
+        def column(name: str) -> np.ndarray:
+            return np.asarray(rows[name], dtype=np.float64)
+
         signal = (
-            4.0 * rows["product_conversion_24h"].to_numpy(dtype=float)
-            + 2.0 * rows["product_ctr_24h"].to_numpy(dtype=float)
-            - 0.01 * rows["price"].to_numpy(dtype=float)
-            - 1.5 * rows["invasive_here"].to_numpy(dtype=float)
+            4.0 * column("product_conversion_24h")
+            + 2.0 * column("product_ctr_24h")
+            - 0.01 * column("price")
+            - 1.5 * column("invasive_here")
             + self.bias
         )
         return np.asarray(1.0 / (1.0 + np.exp(-signal)))
@@ -38,7 +41,7 @@ class RandomScorer:
 
     kind = "test-random"
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         return np.random.default_rng(len(rows)).random(len(rows))
 
 
@@ -47,7 +50,7 @@ class SlowScorer(PopularityScorer):
 
     kind = "test-slow"
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         time.sleep(0.010)
         return super().score(rows)
 
@@ -55,14 +58,14 @@ class SlowScorer(PopularityScorer):
 class SponsoringModel(RecommenderModel):
     """Swaps every answer for a "sponsored" plant that is invasive in the request's region."""
 
-    def score_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
-        scored = super().score_frame(rows)
-        if rows.empty:
-            return scored
-        region = str(rows["region"].iloc[0])
+    def score_columns(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = super().score_columns(rows)
+        if len(rows) == 0:
+            return ids, scores
+        region = str(np.asarray(rows["region"])[0])
         catalog = load_catalog()
         sponsored = [p.product_id for p in catalog.values() if region in p.invasive_regions]
         if sponsored:
-            scored.loc[scored.index[0], "product_id"] = sponsored[0]
-            scored.loc[scored.index[0], "score"] = 1.0
-        return scored
+            ids = ids.astype(object)
+            ids[0], scores[0] = sponsored[0], 1.0
+        return ids, scores

@@ -25,7 +25,10 @@ because an absolute time tells a model nothing that carries over to tomorrow.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
+
+import numpy as np
+import pandas as pd
 
 from flows.features.definitions import FEATURE_SET_VERSION, PRODUCT_VIEW, USER_VIEW, FeatureValue
 from infra.plantly.catalog import Catalog
@@ -63,6 +66,56 @@ CONTRACT_VERSION: Final = FEATURE_SET_VERSION
 OUTPUT_COLUMNS: Final = ("product_id", "score")
 
 Columns = dict[str, list[object]]
+
+
+class RowBatch:
+    """Contract rows as columns, without pandas: what serving hands a model.
+
+    ``batch[name]`` is a numpy array (converted once, on first access) and
+    ``len(batch)`` the number of rows — the two things a :class:`Scorer
+    <training.pyfunc.Scorer>` may use, which a pandas DataFrame offers too. A
+    DataFrame of 50 rows costs ~0.4 ms to build; this costs microseconds.
+
+    >>> batch = RowBatch({"price": [4.5, 12.0], "product_id": ["a", "b"]})
+    >>> len(batch), batch["price"].dtype, batch["product_id"].tolist()
+    (2, dtype('float64'), ['a', 'b'])
+    >>> batch.to_pandas().shape
+    (2, 2)
+    """
+
+    __slots__ = ("_arrays", "_columns", "_length")
+
+    def __init__(self, columns: Mapping[str, Sequence[object] | np.ndarray]) -> None:
+        self._columns = columns
+        self._arrays: dict[str, np.ndarray] = {}
+        self._length = len(next(iter(columns.values()))) if columns else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = np.asarray(self._columns[name])
+        return array
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._columns)
+
+    @property
+    def empty(self) -> bool:
+        return self._length == 0
+
+    def column_lists(self) -> dict[str, list[object]]:
+        """The columns as plain lists (for JSON)."""
+        return {name: list(values) for name, values in self._columns.items()}
+
+    def to_pandas(self) -> pd.DataFrame:
+        return pd.DataFrame({name: self[name] for name in self._columns})
+
+
+Rows: TypeAlias = pd.DataFrame | RowBatch
 
 
 def input_signature_spec() -> dict[str, ColumnType]:

@@ -39,7 +39,7 @@ from flows.features.definitions import FEATURE_SET_VERSION
 from infra.plantly.catalog import Catalog
 from infra.plantly.compliance import invasive_in
 from infra.plantly.population import load_regions
-from training.contract import DEVICES
+from training.contract import COLUMNS, DEVICES, RowBatch
 from training.metrics import roc_auc, segment_aucs
 from training.pii import scan_frame, scan_text
 from training.pyfunc import RecommenderModel, signature_problems
@@ -181,7 +181,7 @@ class LatencyGate:
     def check(self, subject: GateSubject) -> GateResult:
         rows = _cycle_rows(subject.validation, self.candidates)
         for _ in range(self.warmup):
-            subject.model.score_frame(rows)
+            subject.model.score_columns(rows)
         p50, p99 = min((self._round(subject.model, rows) for _ in range(self.rounds)),
                        key=lambda pair: pair[1])  # fmt: skip
         numbers = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "limit_ms": self.p99_ms,
@@ -190,7 +190,7 @@ class LatencyGate:
         return GateResult(self.name, p99 <= self.p99_ms, f"{detail} (limit {self.p99_ms} ms)",
                           numbers)  # fmt: skip
 
-    def _round(self, model: RecommenderModel, rows: pd.DataFrame) -> tuple[float, float]:
+    def _round(self, model: RecommenderModel, rows: RowBatch) -> tuple[float, float]:
         gc.collect()
         gc.freeze()  # what is alive now is not the model's garbage: keep it out of GC scans
         try:
@@ -200,19 +200,21 @@ class LatencyGate:
         return float(np.percentile(timings, 50)), float(np.percentile(timings, 99))
 
 
-def _timed_call(model: RecommenderModel, rows: pd.DataFrame) -> float:
+def _timed_call(model: RecommenderModel, rows: RowBatch) -> float:
     """Milliseconds of one scoring call; CPU time when another process took the core."""
     switches = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
     cpu, wall = time.thread_time(), time.perf_counter()
-    model.score_frame(rows)
+    model.score_columns(rows)
     wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     preempted = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw != switches
     return (cpu if preempted else wall) * 1000
 
 
-def _cycle_rows(frame: pd.DataFrame, count: int) -> pd.DataFrame:
+def _cycle_rows(frame: pd.DataFrame, count: int) -> RowBatch:
+    """``count`` validation rows as serving hands them to a model."""
     positions = np.arange(count) % max(len(frame), 1)
-    return frame.iloc[positions].drop(columns=["label"], errors="ignore").reset_index(drop=True)
+    picked = frame.iloc[positions]
+    return RowBatch({name: picked[name].tolist() for name in COLUMNS if name in picked})
 
 
 @dataclass

@@ -9,9 +9,10 @@ the River and the PyTorch models load and answer the same way::
     model = mlflow.pyfunc.load_model("models:/plant-recommender@champion")
     model.predict(rows)  # DataFrame[product_id, score]
 
-Serving calls :meth:`RecommenderModel.score_frame` on the unwrapped model to
-skip MLflow's per-call schema checks, which cost more than scoring 50 rows; the
-gates check the signature once per version instead.
+Serving calls :meth:`RecommenderModel.score_columns` on the unwrapped model
+with a :class:`~training.contract.RowBatch`, skipping MLflow's per-call schema
+checks and pandas, which cost more than scoring 50 rows; the gates check the
+signature once per version instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
-from training.contract import OUTPUT_COLUMNS, SPEC
+from training.contract import OUTPUT_COLUMNS, SPEC, Rows
 
 
 @runtime_checkable
@@ -33,8 +34,12 @@ class Scorer(Protocol):
 
     kind: str
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        """One probability in [0, 1] per row, in row order."""
+    def score(self, rows: Rows) -> np.ndarray:
+        """One probability in [0, 1] per row, in row order.
+
+        ``rows`` is a pandas DataFrame or a :class:`~training.contract.RowBatch`;
+        use only ``np.asarray(rows[column])`` and ``len(rows)`` so both work.
+        """
         ...
 
 
@@ -48,11 +53,20 @@ class RecommenderModel(PythonModel):
     def kind(self) -> str:
         return self.scorer.kind
 
-    def score_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def score_columns(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+        """(product ids, scores), one of each per row: the serving fast path.
+
+        Every other way of scoring goes through here, so a model that overrides
+        it (to re-rank or substitute products) is judged by the gates as served.
+        """
         scores = np.asarray(self.scorer.score(rows), dtype=np.float64)
         if scores.shape != (len(rows),):
             raise ValueError(f"scorer returned {scores.shape} scores for {len(rows)} rows")
-        return pd.DataFrame({"product_id": rows["product_id"].to_numpy(), "score": scores})
+        return np.asarray(rows["product_id"]), scores
+
+    def score_frame(self, rows: Rows) -> pd.DataFrame:
+        product_ids, scores = self.score_columns(rows)
+        return pd.DataFrame({"product_id": product_ids, "score": scores})
 
     def predict(
         self,

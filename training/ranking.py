@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from flows.features.definitions import FeatureValue
 from infra.plantly.catalog import Catalog
 from infra.plantly.compliance import allowed_candidates
-from training.contract import assemble_rows
+from training.contract import RowBatch, Rows, assemble_rows
 from training.pyfunc import RecommenderModel
 
 Features = Mapping[str, FeatureValue]
@@ -33,18 +32,16 @@ class ScoredItem:
 @dataclass(frozen=True)
 class Recommendation:
     items: list[ScoredItem]
-    rows: pd.DataFrame  # what the model scored, for the prediction log
+    rows: RowBatch  # what the model scored, for the prediction log
     removed: int  # candidates the compliance filter took out
 
 
-def rank(model: RecommenderModel, rows: pd.DataFrame, k: int) -> list[ScoredItem]:
+def rank(model: RecommenderModel, rows: Rows, k: int) -> list[ScoredItem]:
     """The model's ``k`` best rows, highest score first (ties keep candidate order)."""
-    if rows.empty:
+    if len(rows) == 0:
         return []
-    scored = model.score_frame(rows)
-    scores = scored["score"].to_numpy()
+    ids, scores = model.score_columns(rows)
     order = np.argsort(-scores, kind="stable")[:k]
-    ids = scored["product_id"].to_numpy()
     return [ScoredItem(str(ids[i]), float(scores[i])) for i in order]
 
 
@@ -67,5 +64,5 @@ def recommend(
         user_id, region, device, user_features,
         [(pid, product_features.get(pid, {})) for pid in allowed], catalog, as_of,
     )  # fmt: skip
-    rows = pd.DataFrame(columns)
+    rows = RowBatch(columns)
     return Recommendation(rank(model, rows, k), rows, len(candidates) - len(allowed))

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from river import compose, linear_model, optim, preprocessing
 
-from training.contract import CATEGORICALS, COLUMNS, NUMERIC
+from training.contract import CATEGORICALS, COLUMNS, NUMERIC, Rows
 
 LEARNING_RATE: Final = 0.05
 INTERCEPT_LEARNING_RATE: Final = 0.01
@@ -125,14 +125,14 @@ class _LinearView:
             intercept=float(classifier.intercept),
         )
 
-    def logits(self, rows: pd.DataFrame) -> np.ndarray:
-        values = rows[list(NUMERIC)].to_numpy(dtype=np.float64)
+    def logits(self, rows: Rows) -> np.ndarray:
+        values = np.column_stack([np.asarray(rows[name], dtype=np.float64) for name in NUMERIC])
         logits: np.ndarray = ((values - self.means) * self.scales) @ self.numeric_weights
         logits += self.intercept
         for name, weights in self.categorical_weights.items():
             # the encoder names a one-hot column f"{name}_{value}": match on str(value)
             logits += np.fromiter(
-                (weights.get(str(v), 0.0) for v in rows[name].tolist()),
+                (weights.get(str(v), 0.0) for v in np.asarray(rows[name]).tolist()),
                 dtype=np.float64,
                 count=len(rows),
             )
@@ -155,18 +155,21 @@ class RiverScorer:
     def __init__(self, pipeline: OnlineClassifier) -> None:
         self.pipeline = pipeline
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         """Purchase probability per row; the parameters are read per call, never cached."""
-        if rows.empty:
+        if len(rows) == 0:
             return np.zeros(0, dtype=np.float64)
         view = _LinearView.of(self.pipeline)
         if view is None:  # some other pipeline: River's own, row by row
             return self.score_one_by_one(rows)
         return _sigmoid(view.logits(rows))
 
-    def score_one_by_one(self, rows: pd.DataFrame) -> np.ndarray:
+    def score_one_by_one(self, rows: Rows) -> np.ndarray:
         """The reference: ``predict_proba_one`` per row (slow; tests compare against it)."""
-        records: list[Mapping[str, Any]] = rows[list(COLUMNS)].to_dict("records")
+        columns = [np.asarray(rows[name]).tolist() for name in COLUMNS]
+        records: list[Mapping[str, Any]] = [
+            dict(zip(COLUMNS, values, strict=True)) for values in zip(*columns, strict=True)
+        ]
         return np.fromiter(
             (self.pipeline.predict_proba_one(dict(r)).get(True, 0.0) for r in records),
             dtype=np.float64,

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from training.contract import CATEGORICALS, IDS, NUMERIC
+from training.contract import CATEGORICALS, IDS, NUMERIC, Rows
 
 ID_COLUMNS: Final = (*IDS, *CATEGORICALS)
 UNKNOWN_ID: Final = 0
@@ -85,24 +85,24 @@ class FeatureEncoder:
         """Embedding table sizes: each vocabulary plus the unknown id."""
         return tuple(len(self.vocabularies[c]) + 1 for c in self.id_columns)
 
-    def encode_ids(self, rows: pd.DataFrame) -> np.ndarray:
+    def encode_ids(self, rows: Rows) -> np.ndarray:
         """``[n, len(id_columns)]`` int64 ids; unseen values are :data:`UNKNOWN_ID`."""
         out = np.empty((len(rows), len(self.id_columns)), dtype=np.int64)
         for j, column in enumerate(self.id_columns):
             vocabulary = self.vocabularies[column]
             # a dict lookup per value beats pandas map/get_indexer tenfold on serving batches
-            out[:, j] = [vocabulary.get(value, UNKNOWN_ID) for value in rows[column].to_numpy()]
+            out[:, j] = [vocabulary.get(value, UNKNOWN_ID) for value in np.asarray(rows[column])]
         return out
 
-    def encode_dense(self, rows: pd.DataFrame) -> np.ndarray:
+    def encode_dense(self, rows: Rows) -> np.ndarray:
         """``[n, len(numeric_columns)]`` float32, standardized; missing values become 0."""
         scaled = (self._log(self._raw_numeric(rows)) - self.means) / self.stds
         return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
-    def encode(self, rows: pd.DataFrame) -> tuple[Tensor, Tensor]:
+    def encode(self, rows: Rows) -> tuple[Tensor, Tensor]:
         return torch.from_numpy(self.encode_ids(rows)), torch.from_numpy(self.encode_dense(rows))
 
-    def _raw_numeric(self, rows: pd.DataFrame) -> np.ndarray:
+    def _raw_numeric(self, rows: Rows) -> np.ndarray:
         out = np.empty((len(rows), len(self.numeric_columns)), dtype=np.float64)
         for j, column in enumerate(self.numeric_columns):
             out[:, j] = _floats(rows[column])
@@ -114,12 +114,14 @@ class FeatureEncoder:
         return logged
 
 
-def _floats(column: pd.Series) -> np.ndarray:
-    values: np.ndarray = column.to_numpy()
+def _floats(column: pd.Series | np.ndarray) -> np.ndarray:
+    if isinstance(column, pd.Series) and column.dtype.kind not in "biuf":
+        # nullable and object columns: slower, and missing values become NaN
+        return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
+    values = np.asarray(column)
     if values.dtype.kind in "biuf":
         return values
-    # nullable and object columns: slower, and missing values become NaN
-    return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
+    return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -198,7 +200,7 @@ class TorchScorer:
         self.encoder = encoder
         self.module = module.to("cpu").eval()
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         ids, dense = self.encoder.encode(rows)
         with torch.inference_mode():
             logits = self.module(ids, dense)

@@ -33,7 +33,7 @@ from infra.plantly.catalog import load_catalog
 from infra.settings import Settings
 from serving.scorer_flow import build_flow
 from tests.local_stack import settings_env
-from training.contract import assemble_rows
+from training.contract import Rows, assemble_rows
 from training.pyfunc import RecommenderModel
 from training.registry import Registry, configure, experiment_name, log_recommender
 
@@ -55,9 +55,9 @@ class ClickScorer:
     def __init__(self, sign: float = 1.0) -> None:
         self.sign = sign
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        product = rows["product_clicks_1h"].to_numpy(dtype=np.float64)
-        user = rows["user_clicks_1h"].to_numpy(dtype=np.float64)
+    def score(self, rows: Rows) -> np.ndarray:
+        product = np.asarray(rows["product_clicks_1h"], dtype=np.float64)
+        user = np.asarray(rows["user_clicks_1h"], dtype=np.float64)
         signal = (product if self.sign > 0 else 30 - product) + user / 100
         scores: np.ndarray = signal / (signal + 1)
         return scores

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
 import numpy as np
-import pandas as pd
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -31,6 +30,7 @@ from infra.settings import Settings
 from serving.models import ModelStore, NoModelError
 from serving.scorer_flow import ChampionPoller, RedisFeatureReader, ScoreOut, build_flow
 from serving.scoring_requests import ScoreRequest, parse_request
+from training.contract import Rows
 from training.pyfunc import RecommenderModel
 from training.ranking import Features
 from training.registry import CHAMPION, RegisteredVersion
@@ -53,8 +53,8 @@ class ClickScorer:
     def __init__(self, sign: float = 1.0) -> None:
         self.sign = sign
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        clicks = rows["product_clicks_1h"].to_numpy(dtype=np.float64)
+    def score(self, rows: Rows) -> np.ndarray:
+        clicks = np.asarray(rows["product_clicks_1h"], dtype=np.float64)
         scores: np.ndarray = 0.5 + self.sign * clicks / (2 * (clicks + 1))
         return scores
 

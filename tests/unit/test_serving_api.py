@@ -25,6 +25,7 @@ from infra.plantly.catalog import load_catalog
 from infra.settings import Settings
 from serving.app import create_app
 from serving.testing import FakeRedis, FakeSource, ListSink, fake_backends
+from training.contract import RowBatch, Rows
 from training.pyfunc import RecommenderModel, Scorer
 
 PREDICT_KEY, ADMIN_KEY = "p-" + "x" * 30, "a-" + "y" * 30
@@ -390,8 +391,8 @@ class CapturingScorer:
         self.inner = inner
         self.rows: list[pd.DataFrame] = []
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        self.rows.append(rows.copy())
+    def score(self, rows: Rows) -> np.ndarray:
+        self.rows.append(rows.to_pandas() if isinstance(rows, RowBatch) else rows.copy())
         return self.inner.score(rows)
 
 

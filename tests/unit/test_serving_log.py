@@ -11,7 +11,7 @@ from serving.models import LoadedModel
 from serving.prediction_log import PredictionLog, PredictionRecord, RowInputs
 from serving.schemas import FeatureAges
 from serving.testing import ListSink, OffsetScorer
-from training.contract import COLUMNS
+from training.contract import COLUMNS, Rows
 from training.pyfunc import RecommenderModel
 from training.ranking import ScoredItem
 
@@ -19,7 +19,7 @@ from training.ranking import ScoredItem
 class BrokenScorer:
     kind = "broken"
 
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
+    def score(self, rows: Rows) -> np.ndarray:
         raise RuntimeError("shadow model crashed")
 
 
