@@ -22,7 +22,6 @@ Message (key ``user_id``)::
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,16 +31,16 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
+import orjson
 
 from flows.features.definitions import FeatureValue
 from infra.kafka.producer import Producer
-from infra.plantly.catalog import Catalog
 from infra.plantly.encoding import rfc3339
 from infra.settings import Settings
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel
 from serving.schemas import FeatureAges
-from training.contract import Columns, RowBatch, assemble_rows
+from training.contract import RowBatch
 from training.ranking import ScoredItem
 
 _LOG = logging.getLogger("serving.prediction_log")
@@ -50,21 +49,11 @@ INTERVAL_S: Final = 0.005
 
 @dataclass(frozen=True, slots=True)
 class RowInputs:
-    """What :func:`training.ranking.recommend` assembled the scored rows from.
-
-    The log rebuilds the rows' columns from these with the same
-    :func:`training.contract.assemble_rows`: plain lists, at a third of the cost
-    of reading them back out of the DataFrame.
-    """
+    """What :func:`training.ranking.recommend` assembled the scored rows from."""
 
     user: Mapping[str, FeatureValue]
     products: Mapping[str, Mapping[str, FeatureValue]]
     candidates: list[str]  # row order
-    catalog: Catalog
-
-    def columns(self, user_id: str, region: str, device: str, as_of: float) -> Columns:
-        products = [(pid, self.products.get(pid, {})) for pid in self.candidates]
-        return assemble_rows(user_id, region, device, self.user, products, self.catalog, as_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +93,7 @@ class PredictionRecord:
             "candidates": candidates,
             "scores": [by_id[pid] for pid in candidates],
             "removed": self.removed,
-            "features": self.inputs.columns(self.user_id, self.region, self.device, self.ts),
+            "features": self.rows.column_lists(),
             "feature_ages": self.ages.model_dump(),
             "latency_ms": round(self.latency_ms, 3),
             "shadow": None
@@ -207,10 +196,12 @@ class PredictionLog:
 
     def _write(self, record: PredictionRecord) -> None:
         try:
-            value = json.dumps(
+            # orjson: ~10x faster than json for the ~1,000 numbers of a record,
+            # which is GIL time taken from the event loop
+            value = orjson.dumps(
                 record.payload(self._shadow_scores(record)),
-                separators=(",", ":"), allow_nan=False, default=_plain,
-            ).encode()  # fmt: skip
+                default=_plain, option=orjson.OPT_SERIALIZE_NUMPY,
+            )  # fmt: skip
             self.sink.send(record.user_id.encode(), value)
         except Exception:  # one bad record must not stop the log
             _LOG.exception("cannot log prediction %s", record.request_id)

@@ -200,7 +200,7 @@ class PredictionService:
         features = await fetch(self.redis, self.settings, user_id, allowed, as_of)
         ranked_at = time.perf_counter()
         timed = RecommenderModel(_TimedScorer(model.model.scorer, stage["model"]))
-        inputs = RowInputs(features.user.features, features.product_values(), allowed, self.catalog)
+        inputs = RowInputs(features.user.features, features.product_values(), allowed)
         result = recommend(
             timed, self.catalog, user_id=user_id, region=region, device=device,
             candidates=allowed, user_features=inputs.user, product_features=inputs.products,

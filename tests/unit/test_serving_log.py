@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from infra.plantly.catalog import load_catalog
 from serving.metrics import ServingMetrics
@@ -11,7 +10,7 @@ from serving.models import LoadedModel
 from serving.prediction_log import PredictionLog, PredictionRecord, RowInputs
 from serving.schemas import FeatureAges
 from serving.testing import ListSink, OffsetScorer
-from training.contract import COLUMNS, Rows
+from training.contract import COLUMNS, RowBatch, Rows, assemble_rows
 from training.pyfunc import RecommenderModel
 from training.ranking import ScoredItem
 
@@ -29,8 +28,12 @@ def loaded(version: int, alias: str | None, scorer: object) -> LoadedModel:
 
 CATALOG = load_catalog()
 A, B = list(CATALOG)[:2]
-INPUTS = RowInputs({"clicks_1h": 2}, {A: {"clicks_1h": 7}}, [A, B], CATALOG)
-ROWS = pd.DataFrame(INPUTS.columns("u-1", "US-CA", "unknown", 1_767_225_600.0))
+INPUTS = RowInputs({"clicks_1h": 2}, {A: {"clicks_1h": 7}}, [A, B])
+ROWS = RowBatch(
+    assemble_rows("u-1", "US-CA", "unknown", INPUTS.user,
+                  [(pid, INPUTS.products.get(pid, {})) for pid in INPUTS.candidates],
+                  CATALOG, 1_767_225_600.0)
+)  # fmt: skip
 
 
 def record(n: int, shadow: LoadedModel | None = None) -> PredictionRecord:
@@ -75,7 +78,7 @@ def test_records_are_encoded_in_row_order_with_the_ranked_items() -> None:
     assert value["candidates"] == [A, B] and value["scores"] == [0.4, 0.6]
     assert value["items"] == [{"product_id": B, "score": 0.6}] and value["removed"] == 3
     assert list(value["features"]) == list(COLUMNS)
-    assert value["features"] == {name: column.tolist() for name, column in ROWS.items()}
+    assert value["features"] == ROWS.column_lists()
     assert value["features"]["user_clicks_1h"] == [2, 2]
     assert value["features"]["product_clicks_1h"] == [7, 0]
     assert value["model"] == {"name": "m", "version": 1, "alias": "champion"}
