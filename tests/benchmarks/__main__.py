@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,15 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
+    # libraries print progress to stdout (MLflow's "View run" lines); only the
+    # JSON document may go there
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_all()
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def run_all() -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine()}
     results["torch_train"] = bench_torch_train()  # needs no stack
     with benchmark_stack() as settings:
@@ -43,8 +53,7 @@ def main() -> None:
         results["serving"] = bench_serving(settings)
         # last: it pins this process to one core
         results["simulator"] = bench_simulator(settings)
-    json.dump(results, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Run alone against a temporary stack::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -307,5 +308,6 @@ def bench_serving(settings: Settings, seconds: int = 15) -> dict[str, Any]:
 if __name__ == "__main__":
     from tests.benchmarks.stack import benchmark_stack
 
-    with benchmark_stack() as bench_settings:
-        print(json.dumps(bench_serving(bench_settings), indent=2))
+    with benchmark_stack() as bench_settings, contextlib.redirect_stdout(sys.stderr):
+        found = bench_serving(bench_settings)
+    print(json.dumps(found, indent=2))
