@@ -12,6 +12,8 @@ restore it.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,9 +63,29 @@ class RegisteredVersion:
 
 def configure(settings: Settings) -> MlflowClient:
     """Point this process's MLflow at the settings' server; the client to use."""
+    _quiet_mlflow()
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+
+
+class _DropCloudPickleNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CloudPickle" not in record.getMessage()
+
+
+@cache
+def _quiet_mlflow() -> None:
+    """Our commands report versions and runs themselves: no URLs on stdout, no INFO chatter.
+
+    Pickling the scorer is deliberate (the model class ships with the package), so
+    MLflow's notice about it on every log is dropped too.
+    """
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logger = logging.getLogger("mlflow")
+    if logger.level in (logging.NOTSET, logging.INFO, logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").addFilter(_DropCloudPickleNotice())
 
 
 def experiment_name(settings: Settings) -> str:
@@ -133,7 +155,10 @@ def log_recommender(
     client = configure(settings)
     name = settings.registered_model_name
     _ensure_registered_model(client, name)
-    created = mlflow.register_model(info.model_uri, name, tags=all_tags)
+    # the client call, unlike mlflow.register_model, prints nothing
+    created = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, tags=all_tags, model_id=info.model_id
+    )
     return RegisteredVersion(name, int(created.version), run.info.run_id, all_tags)
 
 
