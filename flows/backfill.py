@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import DeltaTable, write_deltalake
+from deltalake import write_deltalake
 from redis import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -36,7 +36,7 @@ from flows.features.definitions import get_view
 from flows.features.online import write_entities
 from flows.features.tiles import EntityTiles
 from infra.contracts.tables import TableName
-from infra.errors import NotFoundError
+from infra.lake import open_table
 from infra.settings import Settings
 
 WARM_UP = timedelta(days=31)
@@ -61,11 +61,7 @@ class BackfillReport:
 
 def read_bronze(settings: Settings, since: date) -> tuple[int, pa.Table]:
     """Events dated ``since`` or later, in event-time order, and the version read."""
-    uri = settings.table_uri(TableName.BRONZE_EVENTS)
-    options = settings.lake_storage_options or None
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        raise NotFoundError(f"no bronze events table at {uri}: run the ingest flow first")
-    table = DeltaTable(uri, storage_options=options)
+    table = open_table(settings, TableName.BRONZE_EVENTS, "run the ingest flow first")
     version = int(table.version())
     data = table.to_pyarrow_dataset().to_table(
         columns=_COLUMNS, filter=ds.field("event_date") >= pa.scalar(since, pa.date32())

@@ -33,7 +33,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import DeltaTable
 
 from flows.features.definitions import PRODUCT_VIEW, USER_VIEW
 from flows.features.tiles import EntityTiles
@@ -41,12 +40,14 @@ from infra.contracts.events import ShopEvent
 from infra.contracts.tables import BRONZE_EVENTS, SourcePosition, TableName, event_row
 from infra.contracts.validate import validate
 from infra.errors import InvalidInputError, NotFoundError
+from infra.lake import open_table, table_version
 from infra.plantly.catalog import Catalog, load_catalog
 from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.settings import Settings
 from training.contract import append_row, empty_columns
 
 LABEL_WINDOW_S = 30 * 60
+_NO_BRONZE = "run the ingest flow first"
 WARM_UP = timedelta(days=31)
 EXTRA_COLUMNS = ("label", "event_ts", "event_id")
 _EVENT_COLUMNS = [
@@ -209,11 +210,7 @@ def time_split(
 
 def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int, pa.Table]:
     """Bronze events from ``start`` - 31 days to ``end`` + 30 minutes, at one pinned version."""
-    uri = settings.table_uri(TableName.BRONZE_EVENTS)
-    options = settings.lake_storage_options or None
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        raise NotFoundError(f"no bronze events table at {uri}: run the ingest flow first")
-    table = DeltaTable(uri, storage_options=options)
+    table = open_table(settings, TableName.BRONZE_EVENTS, _NO_BRONZE)
     version = int(table.version())
     first = (start - WARM_UP).date()
     last = (end + timedelta(seconds=LABEL_WINDOW_S)).date()
@@ -227,27 +224,12 @@ def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int
 
 def newest_event_time(settings: Settings) -> datetime:
     """Event time of the newest bronze event: where a "recent window" ends."""
-    uri = settings.table_uri(TableName.BRONZE_EVENTS)
-    options = settings.lake_storage_options or None
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        raise NotFoundError(f"no bronze events table at {uri}: run the ingest flow first")
-    column = (
-        DeltaTable(uri, storage_options=options)
-        .to_pyarrow_dataset()
-        .to_table(columns=["event_ts"])["event_ts"]
-    )
+    table = open_table(settings, TableName.BRONZE_EVENTS, _NO_BRONZE)
+    column = table.to_pyarrow_dataset().to_table(columns=["event_ts"])["event_ts"]
     newest: datetime | None = pc.max(column).as_py()
     if newest is None:
-        raise NotFoundError(f"the bronze events table at {uri} is empty")
+        raise NotFoundError(f"the {TableName.BRONZE_EVENTS} table is empty: {_NO_BRONZE}")
     return newest + timedelta(seconds=1)  # the range end is exclusive
-
-
-def catalog_version(settings: Settings) -> int | None:
-    uri = settings.table_uri(TableName.CATALOG)
-    options = settings.lake_storage_options or None
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        return None
-    return int(DeltaTable(uri, storage_options=options).version())
 
 
 def build_training_set(
@@ -258,7 +240,7 @@ def build_training_set(
         raise InvalidInputError(f"the training range is empty: {start} .. {end}")
     version, events = read_events(settings, start, end)
     versions = {TableName.BRONZE_EVENTS: version}
-    catalog_at = catalog_version(settings)
+    catalog_at = table_version(settings, TableName.CATALOG)
     if catalog_at is not None:
         versions[TableName.CATALOG] = catalog_at
     skipped: dict[str, int] = {}
