@@ -79,6 +79,8 @@ class ServingSettings(BaseModel):
     default_k: int = Field(10, ge=1, le=500)
     max_candidates: int = Field(500, ge=1, le=5_000)
     prediction_queue: int = Field(10_000, ge=1)
+    # where MLflow can reach this API's /v1/hooks/registry; unset: poll only
+    webhook_url: str | None = None
 
 
 class HostPort(BaseModel):

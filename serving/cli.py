@@ -41,6 +41,12 @@ def serve(
     # One intra-op thread for torch/numpy: 50-row batches gain nothing from more, and spare
     # threads spin against the event loop on a small machine. Set the variable to override.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # where MLflow calls back on alias changes (each worker reads it from the environment)
+    callback_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    os.environ.setdefault(
+        "TRIBUTARY_SERVING__WEBHOOK_URL",
+        f"http://{callback_host}:{port or settings.api_port}/v1/hooks/registry",
+    )
     uvicorn.run(
         "serving.app:app_from_environment",
         factory=True,

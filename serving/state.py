@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -91,10 +92,22 @@ class ServingState:
     async def start(self) -> None:
         """Start the log, load the aliases (waiting a while for them), start polling."""
         self.log.start()
+        if self.settings.serving.webhook_url:
+            await asyncio.to_thread(self._subscribe, self.settings.serving.webhook_url)
         first = await self._refresh_within(FIRST_LOAD_WAIT_S)
         if first is not None and first.champion is None:
             _LOG.warning("no %s@champion to serve yet; /readyz answers 503", self.models.name)
         self._poller = asyncio.create_task(self._poll(), name="model-poll")
+
+    def _subscribe(self, url: str) -> None:
+        """Ask MLflow to call ``url`` on alias changes; polling still covers a failure."""
+        from training.webhook import ensure_webhook
+
+        name = f"tributary-{self.settings.profile}-serving-{zlib.crc32(url.encode()):08x}"
+        try:
+            ensure_webhook(self.settings, url, name, deletions=True)
+        except Exception as error:  # the registry may be down: serve, and keep polling
+            _LOG.warning("cannot register the registry webhook %s: %s", url, error)
 
     async def stop(self) -> None:
         if self._poller is not None:

@@ -58,17 +58,39 @@ def verify(secret: str, delivery_id: str, timestamp: str, body: str, signature: 
     return hmac.compare_digest(sign(secret, delivery_id, timestamp, body), signature)
 
 
-def challenger_version(payload: dict[str, Any], model_name: str) -> int | None:
-    """The version a delivery made ``challenger`` of ``model_name``, else None."""
-    if payload.get("entity") != "model_version_alias" or payload.get("action") != "created":
+def alias_change(payload: dict[str, Any], model_name: str) -> tuple[str, str, int] | None:
+    """(action, alias, version) of an alias delivery about ``model_name``, else None.
+
+    >>> alias_change({"entity": "model_version_alias", "action": "deleted",
+    ...               "data": {"name": "m", "alias": "champion", "version": "3"}}, "m")
+    ('deleted', 'champion', 3)
+    """
+    if payload.get("entity") != "model_version_alias":
         return None
     data = payload.get("data") or {}
-    if data.get("name") != model_name or data.get("alias") != CHALLENGER:
+    if data.get("name") != model_name:
         return None
     try:
-        return int(data["version"])
+        return str(payload.get("action")), str(data["alias"]), int(data["version"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def challenger_version(payload: dict[str, Any], model_name: str) -> int | None:
+    """The version a delivery made ``challenger`` of ``model_name``, else None."""
+    change = alias_change(payload, model_name)
+    if change is None or change[:2] != ("created", CHALLENGER):
+        return None
+    return change[2]
+
+
+def fresh_and_signed(secret: str, headers: dict[str, str], body: str) -> bool:
+    """MLflow's signature matches and the delivery is at most five minutes old."""
+    stamp = headers.get("x-mlflow-timestamp", "")
+    signature = headers.get("x-mlflow-signature", "")
+    if not verify(secret, headers.get("x-mlflow-delivery-id", ""), stamp, body, signature):
+        return False
+    return stamp.isdigit() and abs(time.time() - int(stamp)) <= MAX_AGE_S
 
 
 class WebhookReceiver:
@@ -109,14 +131,8 @@ class WebhookReceiver:
 
     def accept(self, headers: dict[str, str], body: str) -> HTTPStatus:
         """Decide on one delivery; public so it can be tested without sockets."""
-        if self.secret is not None:
-            delivery = headers.get("x-mlflow-delivery-id", "")
-            stamp = headers.get("x-mlflow-timestamp", "")
-            signature = headers.get("x-mlflow-signature", "")
-            if not verify(self.secret, delivery, stamp, body, signature):
-                return HTTPStatus.UNAUTHORIZED
-            if not stamp.isdigit() or abs(time.time() - int(stamp)) > MAX_AGE_S:
-                return HTTPStatus.UNAUTHORIZED
+        if self.secret is not None and not fresh_and_signed(self.secret, headers, body):
+            return HTTPStatus.UNAUTHORIZED
         try:
             payload = json.loads(body)
         except json.JSONDecodeError:
@@ -150,16 +166,23 @@ class WebhookReceiver:
         return Handler
 
 
-def ensure_webhook(settings: Settings, url: str) -> str:
-    """Register our webhook in MLflow (or point the existing one at ``url``); its id."""
+def ensure_webhook(
+    settings: Settings, url: str, name: str | None = None, *, deletions: bool = False
+) -> str:
+    """Register a webhook in MLflow by name (or point the existing one at ``url``); its id.
+
+    Alias creations always; alias deletions too with ``deletions``.
+    """
     client: MlflowClient = configure(settings)
-    name = f"tributary-{settings.profile}-challenger"
+    name = name or f"tributary-{settings.profile}-challenger"
     secret = (
         settings.training.webhook_secret.get_secret_value()
         if settings.training.webhook_secret
         else None
     )
     events: list[Any] = [WebhookEvent("model_version_alias", "created")]
+    if deletions:
+        events.append(WebhookEvent("model_version_alias", "deleted"))
     for hook in client.list_webhooks():
         if hook.name == name:
             client.update_webhook(hook.webhook_id, url=url, events=events, secret=secret)

@@ -86,3 +86,37 @@ def test_serve_refuses_to_start_without_keys_outside_dev(stack_settings: Setting
     )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: profile 'prod' needs API keys")
+
+
+def test_a_new_champion_is_served_at_once_through_the_registry_webhook(
+    stack_settings: Settings,
+) -> None:
+    base = fresh_profile(stack_settings, "sw")
+    # a poll every 10 minutes: only the webhook can explain a swap within seconds
+    settings = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"model_poll_s": 600.0})}
+    )
+    registry = Registry(settings)
+    first = register_scorer(settings, PopularityScorer())
+    registry.make_champion(first)
+    write_features(settings, USERS[:2], time.time())
+    with api_process(settings, free_port(), api_key=ADMIN_KEY) as url:
+
+        def served() -> int:
+            answer = httpx.post(
+                f"{url}/v1/recommendations", headers={"X-API-Key": ADMIN_KEY},
+                json={"user_id": USERS[0], "region": "US-OR", "k": 3},
+            )  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            version: int = answer.json()["model"]["version"]
+            return version
+
+        assert served() == first
+        second = register_scorer(settings, PopularityScorer(0.5))
+        registry.make_champion(second)
+        deadline = time.monotonic() + 30
+        while served() != second and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served() == second
+        forged = httpx.post(f"{url}/v1/hooks/registry", content=b"{}")
+        assert forged.status_code == 204  # loopback, nothing to act on: no refresh

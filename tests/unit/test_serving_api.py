@@ -8,6 +8,7 @@ real stack in ``tests/integration/test_serving_api.py``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from serving.app import create_app
 from serving.testing import FakeRedis, FakeSource, ListSink, fake_backends
 from training.contract import RowBatch, Rows
 from training.pyfunc import RecommenderModel, Scorer
+from training.webhook import sign
 
 PREDICT_KEY, ADMIN_KEY = "p-" + "x" * 30, "a-" + "y" * 30
 KEYS = SecretStr(f"{PREDICT_KEY}:predict,{ADMIN_KEY}:admin")
@@ -421,3 +423,33 @@ def test_the_logged_features_are_the_rows_the_model_scored() -> None:
     assert logged["features"] == {name: column.tolist() for name, column in scored.items()}
     assert logged["candidates"] == SAFE[:5] and logged["removed"] == 1
     assert logged["features"]["product_purchases_24h"][3] == 1
+
+
+# -- the registry webhook -----------------------------------------------------
+
+
+def _alias_delivery(settings: Settings, version: int) -> str:
+    data = {"name": settings.registered_model_name, "alias": "champion", "version": str(version)}
+    return json.dumps({"entity": "model_version_alias", "action": "created", "data": data})
+
+
+def test_a_signed_registry_delivery_swaps_the_champion_at_once(world: World) -> None:
+    secret = "s3cret-" + "z" * 20
+    training = world.settings.training.model_copy(update={"webhook_secret": SecretStr(secret)})
+    world.settings = world.settings.model_copy(update={"training": training})
+    with world.client() as client:
+        assert recommend(client).json()["model"]["version"] == 1
+        world.source.aliases["champion"] = 2
+        body = _alias_delivery(world.settings, 2)
+        assert_error(client.post("/v1/hooks/registry", content=body), 401, "unauthorized")
+        stamp = str(int(time.time()))
+        headers = {"X-MLflow-Delivery-Id": "d-1", "X-MLflow-Timestamp": stamp,
+                   "X-MLflow-Signature": sign(secret, "d-1", stamp, body)}  # fmt: skip
+        assert client.post("/v1/hooks/registry", content=body, headers=headers).status_code == 202
+        assert recommend(client).json()["model"]["version"] == 2
+
+
+def test_an_unsigned_delivery_is_refused_unless_it_comes_from_loopback(world: World) -> None:
+    with world.client() as client:  # TestClient's peer is "testclient", not loopback
+        response = client.post("/v1/hooks/registry", content=_alias_delivery(world.settings, 2))
+        assert_error(response, 401, "unauthorized")
