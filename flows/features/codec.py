@@ -15,7 +15,8 @@ One Redis value per entity. Little-endian, struct-packed::
 An entity takes 55 bytes plus 6 per count tile and 10 per spend tile. Tiles come
 out of :meth:`EntityTiles.snapshot` already pruned, so equal states encode to
 equal bytes. Reads convert nothing: :func:`decode_frozen` reads the windows
-straight from views over the bytes, with the same code as counting uses. Bump
+straight from views over the bytes, with the same code as counting uses, and
+:class:`FrozenCache` keeps the hot states of a serving process decoded. Bump
 :data:`CODEC_VERSION` whenever the layout or the meaning of a tile changes;
 :func:`decode` refuses any other version, and a backfill rebuilds the online
 store.
@@ -41,6 +42,7 @@ import sys
 from collections.abc import Sequence
 from functools import lru_cache
 
+from flows.features.definitions import MINUTE_S, FeatureValue, FeatureView
 from flows.features.tiles import (
     MINUTE_SERIES,
     NEWEST_MEASURES,
@@ -110,6 +112,96 @@ def decode_frozen(data: bytes) -> FrozenTiles:
         return _decode(data)
     except (struct.error, IndexError, ValueError) as error:
         raise FeatureCodecError(f"damaged online feature value ({len(data)} bytes)") from error
+
+
+class FrozenCache:
+    """Decoded states and their latest features, looked up by the stored bytes themselves.
+
+    Serving reads the same hot products request after request, and equal bytes
+    decode to equal states: a hit costs hashing the bytes once (a fresh ``bytes``
+    from Redis: about 0.2 µs per KB) instead of decoding them. A state also keeps
+    its latest window totals per view: every window sums whole minute or hour
+    tiles up to the one holding ``as_of``, so they change only when ``as_of``
+    enters another minute. :meth:`read` keeps a value from its second read on;
+    at most ``maxsize`` states are kept, least recently used first out; damaged
+    values are not kept. Lookups are :func:`functools.lru_cache`'s, safe across
+    threads.
+
+    >>> from flows.features.definitions import get_view
+    >>> from flows.features.tiles import EntityTiles
+    >>> tiles = EntityTiles()
+    >>> tiles.add("click", 1_767_225_610.0)
+    >>> cache, product = FrozenCache(maxsize=2), get_view("product")
+    >>> features, ages = cache.read(encode(tiles), product, 1_767_225_700.0)
+    >>> features["clicks_1h"], ages["clicks_1h"], len(cache)
+    (1, 90.0, 0)
+    >>> cache.read(encode(tiles), product, 1_767_225_700.0) == (features, ages), len(cache)
+    (True, 1)
+    >>> cache.decode(encode(tiles)) == tiles
+    True
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._states = lru_cache(maxsize=maxsize)(_CachedState)
+        self._seen: set[int] = set()  # hashes of values read once, cleared when full
+
+    def read(
+        self, data: bytes, view: FeatureView, as_of: float
+    ) -> tuple[dict[str, FeatureValue], dict[str, float | None]]:
+        """``(features, ages)`` of the state in ``data`` as of ``as_of``: fresh dicts."""
+        seen = self._seen
+        key = hash(data)
+        if key in seen:
+            return self._states(data).read(view, as_of)
+        # kept from its second read on: most shoppers are read once, and keeping (then
+        # evicting) a state costs more than decoding it
+        if len(seen) >= 4 * self.maxsize:
+            seen.clear()
+        seen.add(key)
+        tiles = decode_frozen(data)
+        return tiles.features(view, as_of), tiles.ages(view, as_of)
+
+    def decode(self, data: bytes) -> FrozenTiles:
+        """:func:`decode_frozen`, shared: the same state for equal bytes while kept."""
+        return self._states(data).tiles
+
+    def __len__(self) -> int:
+        return self._states.cache_info().currsize
+
+    def clear(self) -> None:
+        self._states.cache_clear()
+        self._seen.clear()
+
+
+class _CachedState:
+    """One decoded state and, per view name, its latest read (see :class:`FrozenCache`)."""
+
+    __slots__ = ("reads", "tiles")
+
+    def __init__(self, data: bytes) -> None:
+        self.tiles = decode_frozen(data)
+        self.reads: dict[str, _Read] = {}
+
+    def read(
+        self, view: FeatureView, as_of: float
+    ) -> tuple[dict[str, FeatureValue], dict[str, float | None]]:
+        # window_totals reads as_of only as int(as_of) // tile_s, for minute and hour
+        # tiles: the minute fixes the hour too, so equal minutes give equal totals
+        minute = int(as_of) // MINUTE_S
+        held = self.reads.get(view.name)
+        if held is None or held[0] is not view:
+            held = (view, minute, self.tiles.features(view, as_of), self.tiles.age_sources(view))
+            self.reads[view.name] = held
+        elif held[1] != minute:
+            held = (view, minute, self.tiles.features(view, as_of), held[3])
+            self.reads[view.name] = held
+        ages = {name: None if ts is None else as_of - ts for name, ts in held[3]}
+        return dict(held[2]), ages  # copies: the caller may change its own
+
+
+# a view, the minute of the read, its features, and the event times its ages count from
+_Read = tuple[FeatureView, int, dict[str, FeatureValue], list[tuple[str, float | None]]]
 
 
 def _decode(data: bytes) -> FrozenTiles:

@@ -9,7 +9,9 @@ reads as missing (its defaults): by then every window of it is empty anyway,
 only ``last_event_ts`` reads None instead of a time over 31 days old.
 
 Clients must return bytes (``decode_responses=False``, the default). The sync
-and ``redis.asyncio`` readers share everything but the one MGET call.
+and ``redis.asyncio`` readers share everything but the one MGET call, including
+one :class:`~flows.features.codec.FrozenCache` per process: a value read again
+(a hot product) is not decoded again, and its windows are summed once a minute.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from flows.features.codec import decode, decode_frozen, encode
+from flows.features.codec import FrozenCache, decode, encode
 from flows.features.definitions import FeatureValue, FeatureView, get_view
 from flows.features.tiles import EntityTiles
 from infra.settings import Settings
@@ -30,6 +32,9 @@ DEFAULT_TTL_S = 31 * 86400
 _DELETE_BATCH = 500
 
 StoredValue = bytes | str | None
+
+# decoded states of this process, shared by every reader (see FrozenCache)
+_STATES = FrozenCache()
 
 
 @dataclass(slots=True)
@@ -213,7 +218,6 @@ def _rows(
             missing = dict.fromkeys(view.names, None)
             rows.append(FeatureRow(view.name, entity_id, False, view.defaults(), missing, as_of))
             continue
-        tiles = decode_frozen(_as_bytes(value))  # read in place: nothing is converted
-        features, ages = tiles.features(view, as_of), tiles.ages(view, as_of)
+        features, ages = _STATES.read(_as_bytes(value), view, as_of)
         rows.append(FeatureRow(view.name, entity_id, True, features, ages, as_of))
     return rows

@@ -176,7 +176,11 @@ class TileState:
 
     def ages(self, view: FeatureView | str, as_of: float) -> dict[str, float | None]:
         """Per feature, ``as_of`` minus the event time of its newest contribution."""
-        plan = (get_view(view) if isinstance(view, str) else view).plan
+        spec = get_view(view) if isinstance(view, str) else view
+        return {name: None if ts is None else as_of - ts for name, ts in self.age_sources(spec)}
+
+    def age_sources(self, view: FeatureView) -> list[tuple[str, float | None]]:
+        """Per feature of ``view``, the event time its age counts from (None: no such event)."""
         last = self.last_event_ts
         floor = self._hour_floor
         # newest time per Measure (spend follows purchases), -inf when none is retained;
@@ -186,17 +190,17 @@ class TileState:
             if ts != _NEVER and int(ts) // HOUR_S > floor:
                 newest[measure] = ts
         newest[_SPEND] = newest[_PURCHASES]
-        ages: dict[str, float | None] = {}
-        for name, measures in plan.measures:
+        sources: list[tuple[str, float | None]] = []
+        for name, measures in view.plan.measures:
             if not measures:
-                ages[name] = None if last is None else as_of - last
+                sources.append((name, last))
                 continue
             ts = _NEVER
             for measure in measures:
                 if newest[measure] > ts:
                     ts = newest[measure]
-            ages[name] = None if ts == _NEVER else as_of - ts
-        return ages
+            sources.append((name, None if ts == _NEVER else ts))
+        return sources
 
     def _canonical(self) -> tuple[object, ...]:
         pairs = zip(self._keys, self._bases, strict=True)

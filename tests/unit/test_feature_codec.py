@@ -8,7 +8,15 @@ import random
 import pytest
 
 from flows.features import codec
-from flows.features.codec import CODEC_VERSION, FeatureCodecError, decode, decode_frozen, encode
+from flows.features.codec import (
+    CODEC_VERSION,
+    FeatureCodecError,
+    FrozenCache,
+    decode,
+    decode_frozen,
+    encode,
+)
+from flows.features.definitions import FeatureView, get_view
 from flows.features.tiles import EntityTiles
 
 T0 = 1_767_225_600.0
@@ -111,3 +119,85 @@ def test_damaged_values_are_refused() -> None:
         with pytest.raises(FeatureCodecError, match="damaged online feature value") as error:
             decode(damaged)
         assert error.value.code == "feature_codec_error"
+
+
+def test_cached_reads_equal_the_counting_state_minute_after_minute() -> None:
+    # the cache keeps each state's totals for the minute of the last read: reads in the
+    # same minute, the next ones, across hours and back in time must all stay exact
+    rng = random.Random(21)
+    cache = FrozenCache()
+    states = [random_tiles(rng, events, span) for events, span in ((0, 0.0), (300, 3 * DAY))]
+    states += [random_tiles(rng, 900, 2 * 3600.0), random_tiles(rng, 600, 35 * DAY)]
+    for tiles in states:
+        newest = tiles.last_event_ts or T0
+        steps = [rng.choice((0.0, 0.4, 7.0, 59.0, 61.0, 3600.0, -90.0)) for _ in range(80)]
+        as_of = newest - 2 * 3600.0
+        for step in steps:
+            as_of += step
+            for view in (get_view("user"), get_view("product")):
+                expected = (tiles.features(view, as_of), tiles.ages(view, as_of))
+                assert cache.read(bytes(bytearray(encode(tiles))), view, as_of) == expected
+    assert len(cache) == len(states)
+
+
+def test_the_cache_is_bounded_and_keeps_the_recently_used() -> None:
+    cache = FrozenCache(maxsize=3)
+    values = [encode(random_tiles(random.Random(seed), 40, DAY)) for seed in range(10)]
+    decoded = [cache.decode(data) for data in values[:1]]
+    for data in values[1:]:
+        decoded.append(cache.decode(data))
+        cache.decode(values[0])  # used after every other one: never the oldest
+        assert len(cache) <= 3
+    assert len(cache) == 3
+    # equal bytes in a new object find the kept state; the evicted are decoded anew
+    for index in (0, 8, 9):
+        assert cache.decode(bytes(bytearray(values[index]))) is decoded[index]
+    assert cache.decode(values[1]) is not decoded[1] and cache.decode(values[1]) == decoded[1]
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_values_are_kept_from_their_second_read_on() -> None:
+    # a shopper read once should not push a hot product out
+    cache = FrozenCache(maxsize=4)
+    values = [encode(random_tiles(random.Random(seed), 30, DAY)) for seed in range(40)]
+    for data in values:
+        cache.read(data, get_view("user"), T0 + DAY)
+    assert len(cache) == 0
+    for data in values[:3] * 2:
+        cache.read(data, get_view("user"), T0 + DAY)
+    assert len(cache) == 3
+    for data in values * 2:
+        cache.read(data, get_view("user"), T0 + DAY)
+        assert len(cache) <= 4
+
+
+def test_cached_reads_hand_out_dicts_of_their_own() -> None:
+    cache = FrozenCache()
+    data = encode(random_tiles(random.Random(4), 100, DAY))
+    view = get_view("user")
+    for _ in range(2):  # the second read is kept
+        features, ages = cache.read(data, view, T0 + DAY)
+        features["impressions_1h"], ages["impressions_1h"] = -1, -1.0
+    again = cache.read(data, view, T0 + DAY)
+    assert again == (decode(data).features(view, T0 + DAY), decode(data).ages(view, T0 + DAY))
+
+
+def test_another_view_of_the_same_name_is_not_served_from_the_cache() -> None:
+    cache = FrozenCache()
+    data = encode(random_tiles(random.Random(6), 100, DAY))
+    product = get_view("product")
+    narrower = FeatureView("product", "product_id", product.features[:2])
+    for _ in range(2):  # the second read is kept
+        assert cache.read(data, product, T0 + DAY)[0] == decode(data).features(product, T0 + DAY)
+    features, ages = cache.read(data, narrower, T0 + DAY)
+    assert list(features) == list(ages) == ["impressions_1h", "clicks_1h"]
+
+
+def test_damaged_values_are_refused_and_not_cached() -> None:
+    cache = FrozenCache()
+    data = encode(random_tiles(random.Random(2), 20, DAY))
+    for _ in range(2):
+        with pytest.raises(FeatureCodecError, match="damaged online feature value"):
+            cache.read(data[:-1], get_view("user"), T0)
+    assert len(cache) == 0
