@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Final, Self
+from typing import Final, Self, cast
 
 import numpy as np
 import pandas as pd
@@ -186,12 +186,55 @@ class DotInteractionNet(nn.Module):
         return logits.squeeze(1)
 
 
+class _NumpyForward:
+    """The eval-mode network's arithmetic in numpy.
+
+    For the 50-100 rows of a request, torch's per-op dispatch costs more than
+    the arithmetic: this does the same float32 computation in about half the
+    time. Training and validation still run the torch module.
+    """
+
+    def __init__(self, module: DotInteractionNet) -> None:
+        def weights(layer: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+            assert isinstance(layer, nn.Linear)
+            return layer.weight.detach().cpu().numpy().T.copy(), layer.bias.detach().cpu().numpy()
+
+        with torch.no_grad():
+            self.tables = [
+                cast(nn.Embedding, t).weight.detach().cpu().numpy() for t in module.embeddings
+            ]
+            self.bottom = [weights(m) for m in module.bottom if isinstance(m, nn.Linear)]
+            self.top = [weights(m) for m in module.top if isinstance(m, nn.Linear)]
+            self.output = weights(module.output)
+            self.pairs = module.get_buffer("pairs").cpu().numpy()
+
+    def logits(self, ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.float32)
+        projected = _relu_stack(dense, self.bottom)
+        vectors = np.stack(
+            [projected, *(table[ids[:, j]] for j, table in enumerate(self.tables))], axis=1
+        )
+        dots = np.matmul(vectors, vectors.transpose(0, 2, 1)).reshape(len(ids), -1)
+        hidden = _relu_stack(np.concatenate([projected, dots[:, self.pairs]], axis=1), self.top)
+        weight, bias = self.output
+        out: np.ndarray = (hidden @ weight + bias)[:, 0]
+        return out
+
+
+def _relu_stack(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    for weight, bias in layers:
+        x = np.maximum(x @ weight + bias, 0.0)
+    return x
+
+
 class TorchScorer:
     """A fitted encoder and network, scoring contract rows on the CPU.
 
     Pickles with the standard pickler and cloudpickle; the network is moved to
     the CPU and put in eval mode on construction, so a model trained on a GPU
-    loads and scores on a machine without one.
+    loads and scores on a machine without one. Scoring runs the network's
+    arithmetic in numpy (:class:`_NumpyForward`), read from the module once.
     """
 
     kind = "torch"
@@ -199,9 +242,20 @@ class TorchScorer:
     def __init__(self, encoder: FeatureEncoder, module: nn.Module) -> None:
         self.encoder = encoder
         self.module = module.to("cpu").eval()
+        self._forward: _NumpyForward | None = None
 
     def score(self, rows: Rows) -> np.ndarray:
+        forward = getattr(self, "_forward", None)
+        if forward is None:
+            assert isinstance(self.module, DotInteractionNet)
+            forward = self._forward = _NumpyForward(self.module)
+        logits = forward.logits(self.encoder.encode_ids(rows), self.encoder.encode_dense(rows))
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+    def score_with_torch(self, rows: Rows) -> np.ndarray:
+        """The reference path through the torch module (tests compare the two)."""
         ids, dense = self.encoder.encode(rows)
+        module: nn.Module = self.module
         with torch.inference_mode():
-            logits = self.module(ids, dense)
+            logits = module(ids, dense)
         return torch.sigmoid(logits).to(torch.float64).numpy()

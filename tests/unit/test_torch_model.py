@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from infra.plantly.catalog import load_catalog
-from training.contract import COLUMNS, NUMERIC, SPEC
+from training.contract import COLUMNS, NUMERIC, SPEC, RowBatch
 from training.pyfunc import RecommenderModel, Scorer
 from training.torch_model import (
     ID_COLUMNS,
@@ -156,3 +156,13 @@ def test_scorer_serves_the_unseen_user_of_a_request(rows: pd.DataFrame) -> None:
     scores = scorer.score(request)
     assert np.isfinite(scores).all()
     assert len(set(scores.round(9))) > 1  # products still differ
+
+
+def test_the_numpy_forward_matches_the_torch_module(rows: pd.DataFrame) -> None:
+    scorer = _scorer(rows)
+    batch = RowBatch({name: rows[name].tolist() for name in COLUMNS})
+    fast = scorer.score(batch)
+    assert np.allclose(fast, scorer.score_with_torch(rows), rtol=0, atol=1e-6)
+    assert np.array_equal(scorer.score(rows), fast)  # a DataFrame and a RowBatch agree
+    restored = pickle.loads(pickle.dumps(scorer))
+    assert np.array_equal(restored.score(batch), fast)
