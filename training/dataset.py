@@ -106,11 +106,9 @@ def build_rows(
         )  # fmt: skip
         if row["event_type"] != "impression" or not start <= ts < end:
             continue
-        if ts > horizon:
-            left_out["label_not_known_yet"] += 1
-            continue
-        if row["product_id"] not in catalog:
-            left_out["product_not_in_catalog"] += 1
+        reason = _left_out_because(row["product_id"], ts, horizon, catalog)
+        if reason is not None:
+            left_out[reason] += 1
             continue
         user_id, product_id = row["user_id"], row["product_id"]
         append_row(
@@ -125,6 +123,14 @@ def build_rows(
         for reason, count in left_out.items():
             skipped[reason] = skipped.get(reason, 0) + count
     return _frame(columns, extra)
+
+
+def _left_out_because(product_id: str, ts: float, horizon: float, catalog: Catalog) -> str | None:
+    if ts > horizon:
+        return "label_not_known_yet"
+    if product_id not in catalog:
+        return "product_not_in_catalog"
+    return None
 
 
 def _count(
