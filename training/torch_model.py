@@ -250,7 +250,8 @@ class TorchScorer:
             assert isinstance(self.module, DotInteractionNet)
             forward = self._forward = _NumpyForward(self.module)
         logits = forward.logits(self.encoder.encode_ids(rows), self.encoder.encode_dense(rows))
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        # clipped so exp never overflows; a logit beyond ±500 is 0 or 1 in float64 anyway
+        return 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -500.0, 500.0)))
 
     def score_with_torch(self, rows: Rows) -> np.ndarray:
         """The reference path through the torch module (tests compare the two)."""
