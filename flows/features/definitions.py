@@ -187,6 +187,10 @@ class FeatureView:
     entity: str
     features: tuple[Feature, ...]
     version: int = FEATURE_SET_VERSION
+    # Keep decoded states between reads (online.FrozenCache): pays for entities that
+    # many requests read, such as products; for shoppers, each read once per state,
+    # the cache's evictions only add latency.
+    cache_reads: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -240,6 +244,7 @@ PRODUCT_VIEW = FeatureView(
         Ratio("ctr_24h", M.CLICKS, M.IMPRESSIONS, DAY_WINDOW),
         Ratio("conversion_24h", M.PURCHASES, M.IMPRESSIONS, DAY_WINDOW),
     ),
+    cache_reads=True,
 )
 
 VIEWS: dict[str, FeatureView] = {view.name: view for view in (USER_VIEW, PRODUCT_VIEW)}

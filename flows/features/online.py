@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from flows.features.codec import FrozenCache, decode, encode
+from flows.features.codec import FrozenCache, decode, decode_frozen, encode
 from flows.features.definitions import FeatureValue, FeatureView, get_view
 from flows.features.tiles import EntityTiles
 from infra.settings import Settings
@@ -218,6 +218,10 @@ def _rows(
             missing = dict.fromkeys(view.names, None)
             rows.append(FeatureRow(view.name, entity_id, False, view.defaults(), missing, as_of))
             continue
-        features, ages = _STATES.read(_as_bytes(value), view, as_of)
+        if view.cache_reads:
+            features, ages = _STATES.read(_as_bytes(value), view, as_of)
+        else:
+            tiles = decode_frozen(_as_bytes(value))
+            features, ages = tiles.features(view, as_of), tiles.ages(view, as_of)
         rows.append(FeatureRow(view.name, entity_id, True, features, ages, as_of))
     return rows
