@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
@@ -29,7 +30,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from flows.features.definitions import FEATURE_SET_VERSION
-from infra.errors import NotFoundError, TributaryError
+from infra.errors import NotFoundError, StackError, TributaryError
 from infra.settings import Settings
 from training.pyfunc import RecommenderModel, signature
 
@@ -62,11 +63,33 @@ class RegisteredVersion:
 
 
 def configure(settings: Settings) -> MlflowClient:
-    """Point this process's MLflow at the settings' server; the client to use."""
+    """Point this process's MLflow at the settings' server; the client to use.
+
+    The first call for a server checks that it answers, so a command fails in
+    seconds with a one-line :class:`~infra.errors.StackError` instead of riding
+    MLflow's retries for minutes.
+    """
     _quiet_mlflow()
+    if settings.mlflow_uri not in _ANSWERED:
+        _check_answers(settings.mlflow_uri)
+        _ANSWERED.add(settings.mlflow_uri)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_registry_uri(settings.mlflow_uri)
     return MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+
+
+_ANSWERED: set[str] = set()
+_HEALTH_TIMEOUT_S: Final = 5.0
+
+
+def _check_answers(uri: str) -> None:
+    try:
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=_HEALTH_TIMEOUT_S)
+    except httpx.HTTPError as error:
+        hint = "is `tributary up` running?"
+        raise StackError(f"MLflow at {uri} does not answer ({error}); {hint}") from error
+    if response.status_code != 200:
+        raise StackError(f"MLflow at {uri} answered /health with {response.status_code}")
 
 
 class _DropCloudPickleNotice(logging.Filter):
@@ -82,6 +105,9 @@ def _quiet_mlflow() -> None:
     MLflow's notice about it on every log is dropped too.
     """
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # a server that went away mid-command: fail within a minute, not after seven retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     logger = logging.getLogger("mlflow")
     if logger.level in (logging.NOTSET, logging.INFO, logging.DEBUG):
         logger.setLevel(logging.WARNING)
