@@ -212,7 +212,7 @@ def test_an_unreachable_mlflow_stops_the_start_instead_of_starting_over(
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         silent = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    with pytest.raises(StackError, match="MLflow at .* does not answer"):
+    with pytest.raises(StackError, match=r"MLflow at .* does not answer"):
         LearnerStart.load(Settings(mlflow_uri=silent))
 
 

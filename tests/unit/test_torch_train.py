@@ -38,8 +38,8 @@ def split() -> tuple[pd.DataFrame, pd.DataFrame]:
     return time_split(synthetic_rows(3_000, seed=1).assign(event_ts=np.arange(3_000.0)), 0.25)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_asking_for_cuda_without_a_gpu_is_a_config_error() -> None:
+def test_asking_for_cuda_without_a_gpu_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without one
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
