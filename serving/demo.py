@@ -17,8 +17,6 @@ from infra.plantly.storefront import ApiStorefront
 from infra.plantly.traffic import KafkaSink
 from infra.settings import Settings
 
-_READY_TIMEOUT_S = 60.0
-
 
 def serving(settings: Settings, console: Console) -> None:
     """Start ``tributary serve``, ask for recommendations, let the shop show them."""
@@ -29,7 +27,7 @@ def serving(settings: Settings, console: Console) -> None:
         env=os.environ.copy(),
     )
     try:
-        _wait_ready(url, server)
+        wait_ready(url, server)
         _ask(url, console)
         _close_the_loop(settings, url, console)
     finally:
@@ -37,18 +35,19 @@ def serving(settings: Settings, console: Console) -> None:
         server.wait(30)
 
 
-def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Block until ``tributary serve`` at ``url`` answers ``/readyz`` with 200."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"tributary serve exited with {server.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the API at {url} was not ready after {_READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout:.0f} s")
 
 
 def _ask(url: str, console: Console) -> None:

@@ -47,6 +47,7 @@ from infra.plantly.catalog import load_catalog
 from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
+from serving.demo import wait_ready
 from tests.local_stack import free_port, settings_env
 from training.contract import assemble_rows
 from training.pyfunc import RecommenderModel
@@ -193,7 +194,7 @@ def api_process(
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, timeout=120.0)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -206,20 +207,6 @@ def api_process(
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     if code not in (0, -signal.SIGTERM):
         raise RuntimeError(f"tributary serve exited with {code} on SIGTERM")
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tributary serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout:.0f} s")
 
 
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
