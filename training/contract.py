@@ -96,6 +96,10 @@ class RowBatch:
             array = self._arrays[name] = np.asarray(self._columns[name])
         return array
 
+    def values(self, name: str) -> Sequence[object] | np.ndarray:
+        """The column as it was given (a list from :func:`assemble_rows`), unconverted."""
+        return self._columns[name]
+
     def __len__(self) -> int:
         return self._length
 
@@ -108,14 +112,33 @@ class RowBatch:
         return self._length == 0
 
     def column_lists(self) -> dict[str, list[object]]:
-        """The columns as plain lists (for JSON)."""
-        return {name: list(values) for name, values in self._columns.items()}
+        """The columns as plain lists (for JSON); lists given are not copied."""
+        return {
+            name: values if isinstance(values, list) else list(values)
+            for name, values in self._columns.items()
+        }
 
     def to_pandas(self) -> pd.DataFrame:
         return pd.DataFrame({name: self[name] for name in self._columns})
 
 
 Rows: TypeAlias = pd.DataFrame | RowBatch
+
+
+def column_values(rows: Rows, name: str) -> Sequence[object] | np.ndarray:
+    """One column, as cheaply as ``rows`` allows: the list behind a :class:`RowBatch`.
+
+    Iterating a Python list of strings is several times faster than iterating
+    the numpy array made from it, which is what a model's encoder does per row.
+
+    >>> column_values(RowBatch({"region": ["US-CA", "US-CA"]}), "region")
+    ['US-CA', 'US-CA']
+    >>> column_values(pd.DataFrame({"region": ["US-CA"]}), "region").tolist()
+    ['US-CA']
+    """
+    if isinstance(rows, RowBatch):
+        return rows.values(name)
+    return np.asarray(rows[name])
 
 
 def input_signature_spec() -> dict[str, ColumnType]:
@@ -165,13 +188,33 @@ def assemble_rows(
     catalog: Catalog,
     as_of: float,
 ) -> Columns:
-    """Rows for one user and many candidate products, as columns in contract order."""
-    columns = empty_columns()
-    context_device = device or UNKNOWN_DEVICE
-    for product_id, product in products:
-        append_row(
-            columns, user_id, product_id, region, context_device, user, product, catalog, as_of
-        )
+    """Rows for one user and many candidate products, as columns in contract order.
+
+    The same values as one :func:`append_row` per product (a test holds the two
+    equal), built a column at a time: the user's and the context's columns are
+    one value repeated, which serving would otherwise append 50 times a request.
+    """
+    n = len(products)
+    plants = [catalog[product_id] for product_id, _ in products]
+    product_features = [features for _, features in products]
+    columns: dict[str, list[object]] = {
+        "user_id": [user_id] * n,
+        "product_id": [product_id for product_id, _ in products],
+        "region": [region] * n,
+        "device": [device or UNKNOWN_DEVICE] * n,
+        "category": [plant.category for plant in plants],
+        "light": [plant.light for plant in plants],
+        "pet_safe": [int(plant.pet_safe) for plant in plants],
+        "price": [float(plant.price) for plant in plants],
+        "invasive_here": [int(region in plant.invasive_regions) for plant in plants],
+    }
+    for name in _USER_FEATURES:
+        columns[f"user_{name}"] = [user.get(name, _USER_DEFAULTS[name])] * n
+    recency = hours_since(user.get("last_event_ts"), as_of)
+    columns["user_hours_since_last_event"] = [recency] * n
+    for name in PRODUCT_VIEW.names:
+        default = _PRODUCT_DEFAULTS[name]
+        columns[f"product_{name}"] = [features.get(name, default) for features in product_features]
     return columns
 
 

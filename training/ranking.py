@@ -41,8 +41,10 @@ def rank(model: RecommenderModel, rows: Rows, k: int) -> list[ScoredItem]:
     if len(rows) == 0:
         return []
     ids, scores = model.score_columns(rows)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [ScoredItem(str(ids[i]), float(scores[i])) for i in order]
+    order = np.argsort(-scores, kind="stable")[:k].tolist()
+    # Python lists: indexing numpy arrays element by element costs more than converting
+    id_list, score_list = ids.tolist(), scores.tolist()
+    return [ScoredItem(str(id_list[i]), float(score_list[i])) for i in order]
 
 
 def recommend(

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from training.contract import CATEGORICALS, IDS, NUMERIC, Rows
+from training.contract import CATEGORICALS, IDS, NUMERIC, RowBatch, Rows, column_values
 
 ID_COLUMNS: Final = (*IDS, *CATEGORICALS)
 UNKNOWN_ID: Final = 0
@@ -89,9 +89,9 @@ class FeatureEncoder:
         """``[n, len(id_columns)]`` int64 ids; unseen values are :data:`UNKNOWN_ID`."""
         out = np.empty((len(rows), len(self.id_columns)), dtype=np.int64)
         for j, column in enumerate(self.id_columns):
-            vocabulary = self.vocabularies[column]
+            get = self.vocabularies[column].get
             # a dict lookup per value beats pandas map/get_indexer tenfold on serving batches
-            out[:, j] = [vocabulary.get(value, UNKNOWN_ID) for value in np.asarray(rows[column])]
+            out[:, j] = [get(value, UNKNOWN_ID) for value in column_values(rows, column)]
         return out
 
     def encode_dense(self, rows: Rows) -> np.ndarray:
@@ -103,6 +103,13 @@ class FeatureEncoder:
         return torch.from_numpy(self.encode_ids(rows)), torch.from_numpy(self.encode_dense(rows))
 
     def _raw_numeric(self, rows: Rows) -> np.ndarray:
+        if isinstance(rows, RowBatch):
+            try:
+                # one conversion for the whole block; None (a missing value) becomes NaN
+                block = [rows.values(column) for column in self.numeric_columns]
+                return np.array(block, dtype=np.float64).T
+            except (TypeError, ValueError):
+                pass  # a text value somewhere: the per-column path coerces it to NaN
         out = np.empty((len(rows), len(self.numeric_columns)), dtype=np.float64)
         for j, column in enumerate(self.numeric_columns):
             out[:, j] = _floats(rows[column])

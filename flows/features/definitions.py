@@ -192,7 +192,7 @@ class FeatureView:
     # the cache's evictions only add latency.
     cache_reads: bool = False
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 

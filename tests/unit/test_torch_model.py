@@ -166,3 +166,22 @@ def test_the_numpy_forward_matches_the_torch_module(rows: pd.DataFrame) -> None:
     assert np.array_equal(scorer.score(rows), fast)  # a DataFrame and a RowBatch agree
     restored = pickle.loads(pickle.dumps(scorer))
     assert np.array_equal(restored.score(batch), fast)
+
+
+def test_a_row_batch_with_missing_or_text_numbers_encodes_as_a_data_frame_does(
+    rows: pd.DataFrame,
+) -> None:
+    """The batch path converts all numbers at once; None and text must still become NaN."""
+    scorer = _scorer(rows)
+    head = rows.head(6)
+    columns: dict[str, list[object]] = {name: head[name].tolist() for name in COLUMNS}
+    columns["user_spend_30d"][1] = None
+    batch = RowBatch(columns)
+    frame = batch.to_pandas()
+    assert np.array_equal(scorer.encoder.encode_dense(batch), scorer.encoder.encode_dense(frame))
+    columns["product_ctr_24h"][2] = None
+    missing = scorer.encoder.encode_dense(RowBatch(dict(columns)))
+    columns["product_ctr_24h"][2] = "n/a"  # not a number: read as missing
+    dense = scorer.encoder.encode_dense(RowBatch(columns))
+    assert np.array_equal(dense, missing)
+    assert np.isfinite(dense).all()
