@@ -219,7 +219,7 @@ def _rows(
             rows.append(FeatureRow(view.name, entity_id, False, view.defaults(), missing, as_of))
             continue
         if view.cache_reads:
-            features, ages = _STATES.read(_as_bytes(value), view, as_of)
+            features, ages = _STATES.read(view, entity_id, _as_bytes(value), as_of)
         else:
             tiles = decode_frozen(_as_bytes(value))
             features, ages = tiles.features(view, as_of), tiles.ages(view, as_of)

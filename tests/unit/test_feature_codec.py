@@ -128,7 +128,7 @@ def test_cached_reads_equal_the_counting_state_minute_after_minute() -> None:
     cache = FrozenCache()
     states = [random_tiles(rng, events, span) for events, span in ((0, 0.0), (300, 3 * DAY))]
     states += [random_tiles(rng, 900, 2 * 3600.0), random_tiles(rng, 600, 35 * DAY)]
-    for tiles in states:
+    for entity, tiles in enumerate(states):
         newest = tiles.last_event_ts or T0
         steps = [rng.choice((0.0, 0.4, 7.0, 59.0, 61.0, 3600.0, -90.0)) for _ in range(80)]
         as_of = newest - 2 * 3600.0
@@ -136,39 +136,52 @@ def test_cached_reads_equal_the_counting_state_minute_after_minute() -> None:
             as_of += step
             for view in (get_view("user"), get_view("product")):
                 expected = (tiles.features(view, as_of), tiles.ages(view, as_of))
-                assert cache.read(bytes(bytearray(encode(tiles))), view, as_of) == expected
-    assert len(cache) == len(states)
+                data = bytes(bytearray(encode(tiles)))  # a fresh object, as Redis hands out
+                assert cache.read(view, f"e-{entity}", data, as_of) == expected
+    assert len(cache) == 2 * len(states)  # per view and entity
 
 
-def test_the_cache_is_bounded_and_keeps_the_recently_used() -> None:
-    cache = FrozenCache(maxsize=3)
+def test_a_changed_value_replaces_the_kept_state() -> None:
+    cache, view = FrozenCache(), get_view("user")
+    tiles = random_tiles(random.Random(3), 200, DAY)
+    for _ in range(2):
+        cache.read(view, "u-1", encode(tiles), T0 + DAY)
+    tiles.add("click", T0 + DAY - 30.0)  # the stream moved the shopper on
+    features, ages = cache.read(view, "u-1", encode(tiles), T0 + DAY)
+    assert features == tiles.features(view, T0 + DAY) and ages["clicks_1h"] == 30.0
+    assert len(cache) == 1
+    # another entity with the very same bytes is a state of its own
+    assert cache.read(view, "u-2", encode(tiles), T0 + DAY) == (features, ages)
+
+
+def test_the_cache_is_bounded_and_lets_the_longest_kept_go_first() -> None:
+    cache, view = FrozenCache(maxsize=3), get_view("product")
     values = [encode(random_tiles(random.Random(seed), 40, DAY)) for seed in range(10)]
-    decoded = [cache.decode(data) for data in values[:1]]
-    for data in values[1:]:
-        decoded.append(cache.decode(data))
-        cache.decode(values[0])  # used after every other one: never the oldest
-        assert len(cache) <= 3
-    assert len(cache) == 3
-    # equal bytes in a new object find the kept state; the evicted are decoded anew
-    for index in (0, 8, 9):
-        assert cache.decode(bytes(bytearray(values[index]))) is decoded[index]
-    assert cache.decode(values[1]) is not decoded[1] and cache.decode(values[1]) == decoded[1]
+    for entity, data in enumerate(values):
+        for _ in range(2):
+            cache.read(view, f"p-{entity}", data, T0 + DAY)
+        assert len(cache) == min(entity + 1, 3)
+    # the newest three are kept, the evicted decode anew, and every answer stays exact
+    assert set(cache._kept) == {("product", f"p-{entity}") for entity in (7, 8, 9)}
+    for entity, data in enumerate(values):
+        expected = decode(data).features(view, T0 + DAY)
+        assert cache.read(view, f"p-{entity}", bytes(bytearray(data)), T0 + DAY)[0] == expected
     cache.clear()
     assert len(cache) == 0
 
 
 def test_values_are_kept_from_their_second_read_on() -> None:
     # a shopper read once should not push a hot product out
-    cache = FrozenCache(maxsize=4)
+    cache, view = FrozenCache(maxsize=4), get_view("user")
     values = [encode(random_tiles(random.Random(seed), 30, DAY)) for seed in range(40)]
-    for data in values:
-        cache.read(data, get_view("user"), T0 + DAY)
+    for entity, data in enumerate(values):
+        cache.read(view, f"u-{entity}", data, T0 + DAY)
     assert len(cache) == 0
-    for data in values[:3] * 2:
-        cache.read(data, get_view("user"), T0 + DAY)
+    for entity, data in list(enumerate(values[:3])) * 2:
+        cache.read(view, f"u-{entity}", data, T0 + DAY)
     assert len(cache) == 3
-    for data in values * 2:
-        cache.read(data, get_view("user"), T0 + DAY)
+    for entity, data in list(enumerate(values)) * 2:
+        cache.read(view, f"u-{entity}", data, T0 + DAY)
         assert len(cache) <= 4
 
 
@@ -177,9 +190,9 @@ def test_cached_reads_hand_out_dicts_of_their_own() -> None:
     data = encode(random_tiles(random.Random(4), 100, DAY))
     view = get_view("user")
     for _ in range(2):  # the second read is kept
-        features, ages = cache.read(data, view, T0 + DAY)
+        features, ages = cache.read(view, "u-1", data, T0 + DAY)
         features["impressions_1h"], ages["impressions_1h"] = -1, -1.0
-    again = cache.read(data, view, T0 + DAY)
+    again = cache.read(view, "u-1", data, T0 + DAY)
     assert again == (decode(data).features(view, T0 + DAY), decode(data).ages(view, T0 + DAY))
 
 
@@ -189,8 +202,9 @@ def test_another_view_of_the_same_name_is_not_served_from_the_cache() -> None:
     product = get_view("product")
     narrower = FeatureView("product", "product_id", product.features[:2])
     for _ in range(2):  # the second read is kept
-        assert cache.read(data, product, T0 + DAY)[0] == decode(data).features(product, T0 + DAY)
-    features, ages = cache.read(data, narrower, T0 + DAY)
+        features = cache.read(product, "p-1", data, T0 + DAY)[0]
+        assert features == decode(data).features(product, T0 + DAY)
+    features, ages = cache.read(narrower, "p-1", data, T0 + DAY)
     assert list(features) == list(ages) == ["impressions_1h", "clicks_1h"]
 
 
@@ -199,5 +213,5 @@ def test_damaged_values_are_refused_and_not_cached() -> None:
     data = encode(random_tiles(random.Random(2), 20, DAY))
     for _ in range(2):
         with pytest.raises(FeatureCodecError, match="damaged online feature value"):
-            cache.read(data[:-1], get_view("user"), T0)
+            cache.read(get_view("user"), "u-1", data[:-1], T0)
     assert len(cache) == 0
