@@ -1,11 +1,22 @@
 """``tributary serve``: the prediction API under uvicorn, in the foreground.
 
-One worker by default: the event loop with uvloop, httptools and hiredis is
-what measured fastest here (see the README's serving benchmark); more workers
-are one option away. Heavy imports happen inside the command.
+One worker by default: lowest latency, least memory. ``--workers N`` runs N
+processes on one port for throughput (one per core measured best, see the
+README's serving benchmark); they act as one API: admin changes and registry
+deliveries reach every worker (:mod:`serving.control`), and ``/metrics`` adds
+up all of them (prometheus_client's multiprocess mode, in a temporary folder
+unless ``PROMETHEUS_MULTIPROC_DIR`` names one). Heavy imports happen inside
+the command.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
 
@@ -29,8 +40,6 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Serve /v1/recommendations, /v1/predict, /v1/features, /readyz and /metrics."""
-    import os
-
     import uvicorn
 
     from infra.settings import load_settings
@@ -47,11 +56,18 @@ def serve(
         "TRIBUTARY_SERVING__WEBHOOK_URL",
         f"http://{callback_host}:{port or settings.api_port}/v1/hooks/registry",
     )
+    with _shared_metrics(workers):
+        _run(uvicorn, host, port or settings.api_port, workers, log_level, access_log)
+
+
+def _run(
+    uvicorn: Any, host: str, port: int, workers: int, log_level: str, access_log: bool
+) -> None:
     uvicorn.run(
         "serving.app:app_from_environment",
         factory=True,
         host=host,
-        port=port or settings.api_port,
+        port=port,
         workers=workers,
         loop="uvloop",
         http="httptools",
@@ -59,3 +75,19 @@ def serve(
         access_log=access_log,
         timeout_graceful_shutdown=10,
     )
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Workers write their metrics where ``/metrics`` adds them up; removed at exit."""
+    from serving.metrics import MULTIPROCESS_ENV
+
+    if workers == 1 or os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="tributary-metrics-")
+    os.environ[MULTIPROCESS_ENV] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

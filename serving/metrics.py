@@ -2,6 +2,11 @@
 
 Each :func:`serving.app.create_app` gets a fresh :class:`CollectorRegistry`, so
 several apps in one process (tests) never collide; ``/metrics`` renders it.
+Under ``tributary serve --workers N`` (N > 1) the workers write their values to
+files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode,
+which ``serve`` turns on) and ``/metrics``, whichever worker answers it, adds
+them all up; ``model_version`` then carries a ``pid`` label per worker, so a
+worker serving another version than the rest shows.
 
 =====================================================  ===========================
 ``tributary_serving_requests_total{route,status}``     requests by route template
@@ -17,8 +22,13 @@ several apps in one process (tests) never collide; ``/metrics`` renders it.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -59,7 +69,7 @@ class ServingMetrics:
         )  # fmt: skip
         self.model_version = Gauge(
             "tributary_serving_model_version", "Registry version held per alias (0: none).",
-            ["alias"], registry=reg,
+            ["alias"], registry=reg, multiprocess_mode="liveall",
         )  # fmt: skip
         self.model_refresh = Counter(
             "tributary_serving_model_refresh", "Registry polls by outcome.", ["outcome"],
@@ -71,8 +81,9 @@ class ServingMetrics:
             ["outcome"], registry=reg,
         )  # fmt: skip
         self.prediction_log_queue = Gauge(
-            "tributary_serving_prediction_log_queue", "Records waiting to be sent.", registry=reg
-        )
+            "tributary_serving_prediction_log_queue", "Records waiting to be sent.",
+            registry=reg, multiprocess_mode="livesum",
+        )  # fmt: skip
         # resolved once: a labelled child costs a dict lookup and a lock per call
         self.stage = {
             name: self.stage_seconds.labels(name) for name in ("features", "rank", "model", "log")
@@ -80,4 +91,14 @@ class ServingMetrics:
         self.age = {view: self.feature_age.labels(view) for view in ("user", "product")}
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        folder = os.environ.get(MULTIPROCESS_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, folder)  # type: ignore[no-untyped-call]
+        return generate_latest(every_worker)
+
+    def close(self) -> None:
+        """This worker is gone: its live gauges (version held, queue) stop counting."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

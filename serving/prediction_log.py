@@ -159,7 +159,8 @@ class PredictionLog:
         self._sent = metrics.prediction_log.labels("sent")
         self._dropped = metrics.prediction_log.labels("dropped")
         self._shadow_failed = metrics.prediction_log.labels("shadow_failed")
-        metrics.prediction_log_queue.set_function(lambda: len(self._pending))
+        self._queue = metrics.prediction_log_queue
+        self._queue.set_function(lambda: len(self._pending))
 
     def start(self) -> None:
         self._thread.start()
@@ -185,6 +186,8 @@ class PredictionLog:
     def _run(self) -> None:
         while True:
             stopping = self._stop.wait(self.interval_s)
+            # the backlog found, for workers of one API (their callbacks are not collected)
+            self._queue.set(len(self._pending))
             while self._pending:
                 self._write(self._pending.popleft())
                 # hand the GIL back at once: otherwise the event loop may wait a whole

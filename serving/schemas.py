@@ -115,8 +115,9 @@ class FeaturesResponse(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    """What the service holds: aliases, cached versions, routing, the last registry poll."""
+    """What the worker that answered holds: aliases, cached versions, routing, last poll."""
 
+    worker: str  # the process (pid-nonce): workers of one API should all agree
     champion: ModelRef | None
     challenger: ModelRef | None
     cached_versions: list[int]

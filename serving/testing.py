@@ -2,8 +2,9 @@
 
 Like ``bytewax.testing``: :class:`FakeSource` is a registry of scorers,
 :class:`FakeRedis` answers ``MGET`` from a dict, :class:`ListSink` keeps the
-prediction log in a list. :func:`fake_backends` bundles them for
-``create_app(settings, backends=...)``. Integration tests use the real ones.
+prediction log in a list, :class:`ControlHub` carries control messages between
+apps standing in for the workers of one API. :func:`fake_backends` bundles them
+for ``create_app(settings, backends=...)``. Integration tests use the real ones.
 
 >>> import asyncio
 >>> from flows.features.tiles import EntityTiles
@@ -18,9 +19,10 @@ prediction log in a list. :func:`fake_backends` bundles them for
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from flows.features.online import feature_key
 from flows.features.tiles import EntityTiles
 from infra.errors import NotFoundError
 from infra.settings import Settings
+from serving.control import ControlMessage, StoredRouting
 from serving.state import Backends
 from training.contract import Rows
 from training.pyfunc import RecommenderModel
@@ -139,11 +142,59 @@ class ListSink:
         self.closed = True
 
 
+class ControlHub:
+    """The workers' control channel within one process: what one publishes, all receive.
+
+    Each app built over the hub (one per simulated worker) gets a
+    :class:`LocalControl`; the stored routing is shared, as Redis would share it.
+    Apps may run on different threads and event loops (one ``TestClient`` each).
+    """
+
+    def __init__(self) -> None:
+        self.listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[ControlMessage]]] = []
+        self.routing: StoredRouting | None = None
+        self.published: list[ControlMessage] = []
+
+    def channel(self) -> LocalControl:
+        return LocalControl(self)
+
+
+class LocalControl:
+    """One worker's end of a :class:`ControlHub`."""
+
+    def __init__(self, hub: ControlHub) -> None:
+        self.hub = hub
+
+    async def publish(self, message: ControlMessage) -> None:
+        self.hub.published.append(message)
+        for loop, queue in list(self.hub.listeners):
+            loop.call_soon_threadsafe(queue.put_nowait, message)
+
+    async def listen(self) -> AsyncIterator[ControlMessage]:
+        listener = (asyncio.get_running_loop(), asyncio.Queue[ControlMessage]())
+        self.hub.listeners.append(listener)
+        try:
+            while True:
+                yield await listener[1].get()
+        finally:
+            self.hub.listeners.remove(listener)
+
+    async def store_routing(self, routing: StoredRouting) -> None:
+        self.hub.routing = routing
+
+    async def stored_routing(self) -> StoredRouting | None:
+        return self.hub.routing
+
+    async def close(self) -> None:
+        return None
+
+
 def fake_backends(
     source: FakeSource,
     redis: FakeRedis | None = None,
     sink: ListSink | None = None,
     broker_problem: str | None = None,
+    hub: ControlHub | None = None,
 ) -> Callable[[Settings], Backends]:
     """A ``backends`` factory for :func:`serving.app.create_app` over these fakes."""
 
@@ -153,6 +204,7 @@ def fake_backends(
             models=source,
             sink=sink or ListSink(),
             broker_check=lambda: broker_problem,
+            control=(hub or ControlHub()).channel(),
         )
 
     return build

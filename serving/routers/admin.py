@@ -22,8 +22,8 @@ class RegistryUnavailableError(TributaryError):
 
 @router.post("/reload", response_model=ModelsResponse, responses=ERRORS)
 async def reload(state: State, _: AdminCaller) -> PydanticJSON:
-    """Poll the registry now; a new champion or challenger is loaded, then swapped in."""
-    report = await state.refresh()
+    """Poll the registry now, in every worker; a new champion or challenger is swapped in."""
+    report = await state.refresh_everywhere()
     if report.error is not None:
         raise RegistryUnavailableError(f"the registry poll failed: {report.error}")
     return PydanticJSON(models_held(state))
@@ -37,8 +37,8 @@ async def models(state: State, _: AdminCaller) -> PydanticJSON:
 
 @router.put("/canary", response_model=ModelsResponse, responses=ERRORS)
 async def canary(body: CanaryUpdate, state: State, _: AdminCaller) -> PydanticJSON:
-    """Route ``fraction`` of requests to the challenger; optionally turn shadow scoring on/off."""
-    state.models.set_routing(body.fraction, body.shadow)
+    """Route ``fraction`` of requests to the challenger, in every worker; shadow on/off."""
+    await state.set_routing(body.fraction, body.shadow)
     return PydanticJSON(models_held(state))
 
 
@@ -46,6 +46,7 @@ def models_held(state: ServingState) -> ModelsResponse:
     store = state.models
     routing, last = store.routing, store.last_refresh
     return ModelsResponse(
+        worker=state.origin,
         champion=_ref(routing.champion),
         challenger=_ref(routing.challenger),
         cached_versions=store.cached_versions(),

@@ -120,3 +120,62 @@ def test_a_new_champion_is_served_at_once_through_the_registry_webhook(
         assert served() == second
         forged = httpx.post(f"{url}/v1/hooks/registry", content=b"{}")
         assert forged.status_code == 204  # loopback, nothing to act on: no refresh
+
+
+def test_two_workers_act_as_one_api(stack_settings: Settings) -> None:
+    """``serve --workers 2``: admin changes and promotions reach both; /metrics counts both."""
+    base = fresh_profile(stack_settings, "s2")
+    # a poll every 10 minutes: only the webhook and the control channel can swap in time
+    settings = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"model_poll_s": 600.0})}
+    )
+    registry = Registry(settings)
+    first = register_scorer(settings, PopularityScorer())
+    registry.make_champion(first)
+    write_features(settings, USERS[:3], time.time())
+    headers = {"X-API-Key": ADMIN_KEY}
+    with api_process(settings, free_port(), workers=2, api_key=ADMIN_KEY) as url:
+
+        def every_worker() -> dict[str, dict[str, object]]:
+            """``/v1/admin/models`` of each worker, on fresh connections until both answered."""
+            seen: dict[str, dict[str, object]] = {}
+            deadline = time.monotonic() + 30
+            while len(seen) < 2:
+                assert time.monotonic() < deadline, f"only {sorted(seen)} answered"
+                body = httpx.get(f"{url}/v1/admin/models", headers=headers).json()
+                seen[body["worker"]] = body
+            return seen
+
+        assert {w["canary_fraction"] for w in every_worker().values()} == {0.0}
+        changed = httpx.put(f"{url}/v1/admin/canary", json={"fraction": 0.5}, headers=headers)
+        assert changed.status_code == 200, changed.text
+        time.sleep(0.5)  # the other worker hears it over Redis
+        assert {w["canary_fraction"] for w in every_worker().values()} == {0.5}
+
+        second = register_scorer(settings, PopularityScorer(0.5))
+        registry.make_champion(second)  # one webhook delivery, to one of the workers
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            held = {w["champion"]["version"] for w in every_worker().values()}  # type: ignore[index]
+            if held == {second}:
+                break
+            time.sleep(0.2)
+        assert held == {second}
+
+        sent = 30
+        for user in USERS[:3] * (sent // 3):
+            response = httpx.post(
+                f"{url}/v1/recommendations", headers=headers,
+                json={"user_id": user, "region": "US-OR", "k": 3},
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+        metrics = httpx.get(f"{url}/metrics").text
+        answered = 'tributary_serving_requests_total{route="/v1/recommendations",status="200"}'
+        assert f"{answered} {float(sent)}" in metrics  # both workers' requests, added up
+        versions = [
+            line for line in metrics.splitlines()
+            if line.startswith('tributary_serving_model_version{alias="champion"')
+        ]  # fmt: skip
+        assert len(versions) == 2 and all(line.endswith(f" {float(second)}") for line in versions)
+    hooks = [h for h in registry.client.list_webhooks() if settings.profile in h.name]
+    assert len(hooks) == 1  # both workers registered it; the lock let it be created once
