@@ -121,8 +121,10 @@ class KafkaRecordSink:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(settings.topics.predictions)
-        # a short linger: records are small and the log should trail requests closely
-        self.producer = Producer(settings, **{"linger.ms": 5})
+        # the broker's work goes by produce request more than by byte: at 800 requests/s
+        # a 5 ms linger cost the local broker 0.2 ms of CPU per record, 50 ms about 0.1,
+        # and the log still trails the answers by at most 50 ms
+        self.producer = Producer(settings, **{"linger.ms": 50})
 
     def send(self, key: bytes, value: bytes) -> None:
         self.producer.send(self.topic, value, key)

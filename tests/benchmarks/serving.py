@@ -257,7 +257,7 @@ def run_load(settings: Settings, script: Path, workers: int, seconds: int) -> di
     return {
         "one_connection": sequential,
         "eight_connections": concurrent,
-        # with several workers, /metrics is the one process that answered the scrape
+        # with several workers, /metrics adds every worker up (multiprocess mode)
         "server_stages_one_connection": stages,
         "meets_latency_target": sequential["p50_ms"] <= TARGET_P50_MS
         and sequential["p99_ms"] <= TARGET_P99_MS,
