@@ -35,11 +35,15 @@ RETRY_S: Final = 1.0
 
 
 class ControlMessage(BaseModel):
-    """One change for every worker; ``origin`` names the worker that made it."""
+    """One change for every worker; ``origin`` names the worker that made it.
+
+    ``resync`` is the channel's own word to its listener, never published: the
+    subscription is (again) in place, and what was said before it may be missed.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    op: Literal["reload", "routing"]
+    op: Literal["reload", "routing", "resync"]
     canary_fraction: float | None = Field(None, ge=0.0, le=1.0)
     shadow: bool | None = None
     origin: str
@@ -97,6 +101,7 @@ class RedisControl:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                yield ControlMessage(op="resync", origin="")
                 async for raw in pubsub.listen():
                     message = _parse(raw.get("data"))
                     if message is not None:

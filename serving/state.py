@@ -190,11 +190,19 @@ class ServingState:
             ) from error
 
     async def _listen(self) -> None:
+        subscriptions = 0
         try:
             async for message in self.backends.control.listen():
                 if message.origin == self.origin:
                     continue
-                if message.op == "reload":
+                if message.op == "resync":
+                    # changes made before the subscription (at start-up, or while the
+                    # connection was lost) are read from the store and the registry
+                    subscriptions += 1
+                    await self._restore_routing()
+                    if subscriptions > 1:
+                        await self.refresh()
+                elif message.op == "reload":
                     await self.refresh()
                 else:
                     fraction = message.canary_fraction

@@ -174,6 +174,7 @@ class LocalControl:
         listener = (asyncio.get_running_loop(), asyncio.Queue[ControlMessage]())
         self.hub.listeners.append(listener)
         try:
+            yield ControlMessage(op="resync", origin="")
             while True:
                 yield await listener[1].get()
         finally:
