@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,30 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range.
+
+    A flow process ``i`` serves metrics on ``base + i``: the ports above a port
+    the kernel picked are ephemeral too, and an outgoing connection (a test's
+    own Kafka or Redis client) may hold one of them; below 32768 none does.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - count)
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def settings_for(state_dir: Path) -> Settings:

@@ -28,7 +28,7 @@ from infra.plantly.simulator import Scenario, ShopSimulator, SimulationConfig
 from infra.plantly.traffic import KafkaSink, send_traffic
 from infra.settings import Settings
 from infra.stack.kafka_admin import ensure_topics
-from tests.local_stack import free_port, settings_env
+from tests.local_stack import free_port_block, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +165,7 @@ def test_backfill_rebuilds_a_flushed_online_store(
 
 def test_two_processes_split_the_partitions(stack_settings: Settings, tmp_path: Path) -> None:
     settings = fresh_profile(stack_settings, tmp_path).model_copy(
-        update={"metrics_port": free_port()}
+        update={"metrics_port": free_port_block(2)}
     )
     config = SimulationConfig(events=8_000, seed=32, history_days=1, anchor=datetime.now(UTC))
     sent = [m for m in ShopSimulator(config).messages() if m.topic == "events"]
