@@ -23,6 +23,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from infra.errors import TributaryError
 from infra.plantly.catalog import Catalog
+from infra.redis_client import async_redis
 from infra.settings import Settings
 from infra.stack.health import kafka_check
 from serving.control import ControlChannel, ControlMessage, RedisControl, StoredRouting, worker_id
@@ -51,7 +52,7 @@ class Backends:
 
 def real_backends(settings: Settings) -> Backends:
     """Redis (``redis.asyncio`` with hiredis), the MLflow registry, Kafka."""
-    redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = async_redis(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     check = kafka_check(settings.kafka_bootstrap, settings.kafka_address, CHECK_TIMEOUT_S)
 
     def broker_check() -> str | None:

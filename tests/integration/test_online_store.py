@@ -28,6 +28,7 @@ from flows.features.online import (
 from flows.features.tiles import EntityTiles
 from infra.cli.app import CommandGroups
 from infra.cli.errors import CliError
+from infra.redis_client import async_redis
 from infra.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -123,18 +124,31 @@ def test_writes_are_idempotent_and_absolute(
     assert write_entities(client, profile_settings, []) == 0
 
 
-def test_async_read_equals_sync_read(client: redis.Redis, profile_settings: Settings) -> None:
+@pytest.mark.parametrize("packing", ["redis-py", "hiredis"])
+def test_async_read_equals_sync_read(
+    client: redis.Redis, profile_settings: Settings, packing: str
+) -> None:
     states = write_users(client, profile_settings, 30)
-    ids = [*states, "u-missing"]
+    tiles = EntityTiles()
+    tiles.add("click", AS_OF - 60.0)
+    write_entities(client, profile_settings, [("user", "u-ünï-🌱", tiles)])
+    ids = [*states, "u-missing", "u-ünï-🌱"]
+    url = profile_settings.redis_url
 
     async def read_async() -> list[FeatureRow]:
-        async_client = redis.asyncio.Redis.from_url(profile_settings.redis_url)
+        # serving's client (infra.redis_client) packs commands with hiredis
+        async_client = (
+            redis.asyncio.Redis.from_url(url) if packing == "redis-py" else async_redis(url)
+        )
         try:
+            assert await async_client.execute_command("CLIENT SETNAME", "t") is True
             return await read_features_async(async_client, profile_settings, "user", ids, AS_OF)
         finally:
             await async_client.aclose()
 
-    assert asyncio.run(read_async()) == read_features(client, profile_settings, "user", ids, AS_OF)
+    rows = asyncio.run(read_async())
+    assert rows == read_features(client, profile_settings, "user", ids, AS_OF)
+    assert rows[-1].found and rows[-1].features["clicks_1h"] == 1
 
 
 def test_profiles_do_not_see_each_others_keys(
