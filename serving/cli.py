@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -41,8 +40,6 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Serve /v1/recommendations, /v1/predict, /v1/features, /readyz and /metrics."""
-    import uvicorn
-
     from infra.settings import load_settings
     from serving.security import ApiKeys
 
@@ -58,12 +55,12 @@ def serve(
         f"http://{callback_host}:{port or settings.api_port}/v1/hooks/registry",
     )
     with _shared_metrics(workers):
-        _run(uvicorn, host, port or settings.api_port, workers, log_level, access_log)
+        _run(host, port or settings.api_port, workers, log_level, access_log)
 
 
-def _run(
-    uvicorn: Any, host: str, port: int, workers: int, log_level: str, access_log: bool
-) -> None:
+def _run(host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:
+    import uvicorn
+
     uvicorn.run(
         "serving.app:app_from_environment",
         factory=True,
