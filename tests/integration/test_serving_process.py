@@ -88,18 +88,26 @@ def test_serve_refuses_to_start_without_keys_outside_dev(stack_settings: Setting
     assert done.stderr.strip().startswith("error: profile 'prod' needs API keys")
 
 
-def test_a_new_champion_is_served_at_once_through_the_registry_webhook(
-    stack_settings: Settings,
-) -> None:
-    base = fresh_profile(stack_settings, "sw")
-    # a poll every 10 minutes: only the webhook can explain a swap within seconds
+def slow_polling_champion(stack_settings: Settings, prefix: str) -> tuple[Settings, int]:
+    """A profile with a champion and features whose API polls the registry every 10 minutes.
+
+    Only a webhook (or the workers' control channel) can then explain a swap within seconds.
+    """
+    base = fresh_profile(stack_settings, prefix)
     settings = base.model_copy(
         update={"serving": base.serving.model_copy(update={"model_poll_s": 600.0})}
     )
-    registry = Registry(settings)
     first = register_scorer(settings, PopularityScorer())
-    registry.make_champion(first)
-    write_features(settings, USERS[:2], time.time())
+    Registry(settings).make_champion(first)
+    write_features(settings, USERS[:3], time.time())
+    return settings, first
+
+
+def test_a_new_champion_is_served_at_once_through_the_registry_webhook(
+    stack_settings: Settings,
+) -> None:
+    settings, first = slow_polling_champion(stack_settings, "sw")
+    registry = Registry(settings)
     with api_process(settings, free_port(), api_key=ADMIN_KEY) as url:
 
         def served() -> int:
@@ -124,15 +132,8 @@ def test_a_new_champion_is_served_at_once_through_the_registry_webhook(
 
 def test_two_workers_act_as_one_api(stack_settings: Settings) -> None:
     """``serve --workers 2``: admin changes and promotions reach both; /metrics counts both."""
-    base = fresh_profile(stack_settings, "s2")
-    # a poll every 10 minutes: only the webhook and the control channel can swap in time
-    settings = base.model_copy(
-        update={"serving": base.serving.model_copy(update={"model_poll_s": 600.0})}
-    )
+    settings, _ = slow_polling_champion(stack_settings, "s2")
     registry = Registry(settings)
-    first = register_scorer(settings, PopularityScorer())
-    registry.make_champion(first)
-    write_features(settings, USERS[:3], time.time())
     headers = {"X-API-Key": ADMIN_KEY}
     with api_process(settings, free_port(), workers=2, api_key=ADMIN_KEY) as url:
 
