@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -136,28 +137,17 @@ def test_two_workers_act_as_one_api(stack_settings: Settings) -> None:
     registry = Registry(settings)
     headers = {"X-API-Key": ADMIN_KEY}
     with api_process(settings, free_port(), workers=2, api_key=ADMIN_KEY) as url:
-
-        def every_worker() -> dict[str, dict[str, object]]:
-            """``/v1/admin/models`` of each worker, on fresh connections until both answered."""
-            seen: dict[str, dict[str, object]] = {}
-            deadline = time.monotonic() + 30
-            while len(seen) < 2:
-                assert time.monotonic() < deadline, f"only {sorted(seen)} answered"
-                body = httpx.get(f"{url}/v1/admin/models", headers=headers).json()
-                seen[body["worker"]] = body
-            return seen
-
-        assert {w["canary_fraction"] for w in every_worker().values()} == {0.0}
+        assert {w["canary_fraction"] for w in every_worker(url, headers).values()} == {0.0}
         changed = httpx.put(f"{url}/v1/admin/canary", json={"fraction": 0.5}, headers=headers)
         assert changed.status_code == 200, changed.text
         time.sleep(0.5)  # the other worker hears it over Redis
-        assert {w["canary_fraction"] for w in every_worker().values()} == {0.5}
+        assert {w["canary_fraction"] for w in every_worker(url, headers).values()} == {0.5}
 
         second = register_scorer(settings, PopularityScorer(0.5))
         registry.make_champion(second)  # one webhook delivery, to one of the workers
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            held = {w["champion"]["version"] for w in every_worker().values()}  # type: ignore[index]
+            held = {w["champion"]["version"] for w in every_worker(url, headers).values()}
             if held == {second}:
                 break
             time.sleep(0.2)
@@ -180,3 +170,14 @@ def test_two_workers_act_as_one_api(stack_settings: Settings) -> None:
         assert len(versions) == 2 and all(line.endswith(f" {float(second)}") for line in versions)
     hooks = [h for h in registry.client.list_webhooks() if settings.profile in h.name]
     assert len(hooks) == 1  # both workers registered it; the lock let it be created once
+
+
+def every_worker(url: str, headers: dict[str, str], workers: int = 2) -> dict[str, Any]:
+    """``/v1/admin/models`` of each worker, on fresh connections until all answered."""
+    seen: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only {sorted(seen)} answered"
+        body = httpx.get(f"{url}/v1/admin/models", headers=headers).json()
+        seen[body["worker"]] = body
+    return seen
