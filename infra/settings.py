@@ -83,6 +83,27 @@ class ServingSettings(BaseModel):
     webhook_url: str | None = None
 
 
+class MonitoringSettings(BaseModel):
+    """The monitor flow, its windows and its checks (``TRIBUTARY_MONITORING__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # event-time tumbling windows of the logged predictions; the demo uses 60 s
+    window_s: float = Field(300.0, gt=0, le=86_400)
+    # how far behind the newest logged prediction a window is still open
+    allowed_lateness_s: float = Field(10.0, ge=0)
+    # a window also closes this long (wall clock) after the last input, so a quiet
+    # stream never holds statistics back
+    idle_close_s: float = Field(30.0, gt=0)
+    # outcome join: events this far behind their partition's newest event still count
+    outcome_lateness_s: float = Field(3600.0, ge=0)
+    max_pending_requests: int = Field(200_000, ge=1)
+    bins: int = Field(10, ge=2, le=100)
+    reference_poll_s: float = Field(30.0, gt=0)
+    parity_every_s: float = Field(600.0, ge=0)  # 0: the monitor never runs parity
+    parity_sample: int = Field(200, ge=1)
+
+
 class HostPort(BaseModel):
     """Where a service listens, parsed from a URL or a bootstrap string."""
 
@@ -118,6 +139,7 @@ class Settings(BaseSettings):
     mlflow_uri: str = "http://127.0.0.1:15000"
     api_port: int = Field(8000, ge=1, le=65535)
     prometheus_port: int = Field(19090, ge=1, le=65535)
+    alertmanager_port: int = Field(19093, ge=1, le=65535)
     metrics_port: int = Field(19100, ge=0, le=65535)
     api_keys: SecretStr | None = None
     topic_partitions: int = Field(4, ge=1, le=256)
@@ -125,6 +147,7 @@ class Settings(BaseSettings):
     registered_model: str = "plant-recommender"
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -200,6 +223,10 @@ class Settings(BaseSettings):
     @property
     def prometheus_address(self) -> HostPort:
         return HostPort(host="127.0.0.1", port=self.prometheus_port)
+
+    @property
+    def alertmanager_address(self) -> HostPort:
+        return HostPort(host="127.0.0.1", port=self.alertmanager_port)
 
     def api_key_roles(self) -> dict[str, Literal["predict", "admin"]]:
         """Parse ``key:role,key:role``; an unknown role is a configuration error."""

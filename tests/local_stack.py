@@ -53,6 +53,7 @@ def settings_for(state_dir: Path) -> Settings:
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         mlflow_uri=f"http://127.0.0.1:{free_port()}",
         prometheus_port=free_port(),
+        alertmanager_port=free_port(),
     )
 
 
@@ -82,4 +83,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     # nested groups travel whole, as JSON
     env["TRIBUTARY_TRAINING"] = settings.training.model_dump_json()
     env["TRIBUTARY_SERVING"] = settings.serving.model_dump_json()
+    env["TRIBUTARY_MONITORING"] = settings.monitoring.model_dump_json()
+    env["TRIBUTARY_PROMETHEUS_PORT"] = str(settings.prometheus_port)
+    env["TRIBUTARY_ALERTMANAGER_PORT"] = str(settings.alertmanager_port)
+    env["TRIBUTARY_API_PORT"] = str(settings.api_port)
     return env
