@@ -41,6 +41,10 @@ class Scenario(StrEnum):
 
 
 FICUS_CRAZE_BOOST = 2.5
+# During the craze shoppers also look Ficus up themselves: even where a storefront (the
+# prediction API) picks what a session shows, this share of its positions are Ficus
+# they searched for, so the craze reaches the features the model is served.
+FICUS_SEARCH_SHARE = 0.15
 PANDEMIC_TRAFFIC = 5.0
 PANDEMIC_NEW_USER_SHARE = 0.6
 PANDEMIC_REGIONS = {"US-NY": 5.0, "US-CA": 4.0, "US-IL": 3.0, "GB-ENG": 3.0, "US-FL": 2.0}
@@ -187,8 +191,10 @@ class ShopSimulator:
         count = 1 + int(rng.expovariate(1 / 7.0))
         shown = self._shown(user, count)
         for position in range(count):
-            if position < len(shown):
+            if position < len(shown) and not self._searches_ficus(drifted):
                 index, request_id = shown[position]
+            elif position < len(shown):
+                index, request_id = self.rng.choice(self._ficus), None
             else:
                 index, request_id = self._display(user, drifted), None
             self._impression(user, index, t, session_id, drifted, out, request_id)
@@ -196,6 +202,12 @@ class ShopSimulator:
         if not self.config.live:
             out.sort(key=lambda item: (item.ts, item.seq))
         return out
+
+    def _searches_ficus(self, drifted: bool) -> bool:
+        """A craze shopper looks for a Ficus instead of the storefront's pick."""
+        craze = drifted and self.config.scenario is Scenario.FICUS_CRAZE
+        # the random draw only happens during a craze, so other runs keep their bytes
+        return craze and self.storefront is not None and self.rng.random() < FICUS_SEARCH_SHARE
 
     def _shown(self, user: User, count: int) -> list[tuple[int, str | None]]:
         """The storefront's picks for this session (none without one), as plant indices."""

@@ -211,3 +211,29 @@ def test_catalog_is_large_real_looking_and_consistent() -> None:
 def test_every_scenario_runs_live(scenario: Scenario) -> None:
     messages = list(ShopSimulator(SimulationConfig(events=300, scenario=scenario)).messages())
     assert sum(m.topic == "events" for m in messages) == 300
+
+
+class _NoFicusFront:
+    """A storefront that never shows a Ficus, as a model that never learned the craze."""
+
+    def __init__(self) -> None:
+        catalog = load_catalog()
+        self.pick = next(p.product_id for p in catalog.plants if p.genus != "Ficus")
+
+    def show(self, user_id: str, region: str, device: str, count: int) -> list[tuple[str, str]]:
+        return [(self.pick, "r-1")] * count
+
+
+def test_ficus_craze_shoppers_search_ficus_even_where_a_storefront_picks() -> None:
+    catalog = load_catalog()
+    cfg = config(events=20_000, scenario=Scenario.FICUS_CRAZE, onset=0.5)
+    messages = ShopSimulator(cfg, storefront=_NoFicusFront()).messages()
+    events = [json.loads(m.value) for m in messages if m.topic == "events"]
+    impressions = [e for e in events if e["event_type"] == "impression"]
+    half = len(impressions) // 2
+    searched = [e for e in impressions if catalog[e["product_id"]].genus == "Ficus"]
+    assert all("request_id" not in e for e in searched)  # looked up, not recommended
+    before = sum(catalog[e["product_id"]].genus == "Ficus" for e in impressions[: half // 2])
+    after = sum(catalog[e["product_id"]].genus == "Ficus" for e in impressions[-half // 2 :])
+    assert before == 0
+    assert 0.08 < after / (half // 2) < 0.22  # FICUS_SEARCH_SHARE of the positions
