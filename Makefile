@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tributary-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test test-unit test-integration bench lint format clean
+.PHONY: setup system-packages demo test test-unit test-integration bench lint format clean dashboard-shot
 
 setup: $(STAMP) system-packages
 
@@ -22,11 +22,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# redis-server runs the online store; prometheus brings promtool for alert rules.
+# redis-server runs the online store; prometheus (with promtool, which tests the alert
+# rules) and prometheus-alertmanager run with `tributary up`; chromium renders the dashboard
+# in its test.
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
+	  || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing with apt"; \
@@ -51,6 +56,13 @@ test-integration: setup
 
 bench: setup
 	@$(PY) -m tests.benchmarks
+
+# A PNG of the monitoring dashboard in headless Chromium: over a sample incident by default,
+# or a running API's: make dashboard-shot DASHBOARD_URL=http://127.0.0.1:8000/dashboard DASHBOARD_KEY=...
+DASHBOARD_SHOT ?= .tributary/dashboard.png
+dashboard-shot: setup
+	$(PY) -m tests.dashboard_shot --out $(DASHBOARD_SHOT) \
+	  $(if $(DASHBOARD_URL),--url $(DASHBOARD_URL)) $(if $(DASHBOARD_KEY),--key $(DASHBOARD_KEY))
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -133,7 +133,7 @@ def discard_uncommitted_snapshots(folder: Path) -> int:
 
 
 def announce_metrics(settings: Settings, name: str, port: int) -> Path:
-    """Tell ``up --with-prometheus``'s Prometheus where to scrape this process."""
+    """Tell the stack's Prometheus (``tributary up``) where to scrape this process."""
     folder = scrape_targets_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{settings.profile}-{name}.json"

@@ -57,11 +57,30 @@ def settings_for(state_dir: Path) -> Settings:
     )
 
 
-@contextmanager
-def running_stack(state_dir: Path) -> Iterator[Settings]:
-    """Up (with the catalog table) on entry, down on exit."""
+def monitoring_settings_for(state_dir: Path) -> Settings:
+    """:func:`settings_for`, plus free ports for the API and the retrain webhook.
+
+    Prometheus scrapes the API's port and Alertmanager calls the webhook's, so a
+    stack with monitoring must not point them at the defaults another stack uses.
+    """
     settings = settings_for(state_dir)
-    up(settings, after_start=[write_catalog])
+    training = settings.training.model_copy(update={"webhook_port": free_port()})
+    return settings.model_copy(update={"api_port": free_port(), "training": training})
+
+
+@contextmanager
+def running_stack(
+    state_dir: Path, *, monitoring: bool = False, settings: Settings | None = None
+) -> Iterator[Settings]:
+    """Up (with the catalog table) on entry, down on exit.
+
+    Without Prometheus and Alertmanager unless ``monitoring``: most tests only
+    move data, and a Prometheus shared by a session's tests would scrape (and
+    alert on) every flow any of them announced.
+    """
+    if settings is None:
+        settings = monitoring_settings_for(state_dir) if monitoring else settings_for(state_dir)
+    up(settings, monitoring=monitoring, after_start=[write_catalog])
     try:
         yield settings
     finally:

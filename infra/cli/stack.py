@@ -53,12 +53,17 @@ def parse_timeouts(values: list[str]) -> dict[str, float]:
 def print_actions(actions: list[PartAction]) -> None:
     for action in actions:
         pid = f" (pid {action.pid})" if action.pid is not None else ""
-        typer.echo(f"{action.name:<11} {action.address:<22} {action.action}{pid}")
+        typer.echo(f"{action.name:<13} {action.address:<22} {action.action}{pid}")
 
 
 def up_command(
+    monitoring: bool = typer.Option(
+        True,
+        "--monitoring/--no-monitoring",
+        help="Also start Prometheus (with the alert rules) and Alertmanager; on by default.",
+    ),
     with_prometheus: bool = typer.Option(
-        False, "--with-prometheus", help="Also start Prometheus on its loopback port."
+        False, "--with-prometheus", hidden=True, help="Kept for old scripts: now the default."
     ),
     timeout: list[str] = typer.Option(
         [],
@@ -70,9 +75,11 @@ def up_command(
     """Start the local stack on loopback (idempotent) and create the topics."""
     from infra.stack.stack import up
 
+    if with_prometheus and not monitoring:
+        raise CliError("--with-prometheus and --no-monitoring contradict each other")
     report = up(
         load_settings(),
-        with_prometheus=with_prometheus,
+        monitoring=monitoring,
         after_start=[write_catalog],
         timeouts=parse_timeouts(timeout),
     )
@@ -94,7 +101,7 @@ def down_command() -> None:
 def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """What runs, whether it answers, and what landed in each topic."""
+    """What runs, whether it answers, what landed in each topic, and which alerts fire."""
     from infra.stack.stack import status
 
     report = status(load_settings())
@@ -129,3 +136,27 @@ def print_status(report: StackStatus) -> None:
         console.print(topics)
     if report.topics_error:
         console.print(f"[red]topics: {escape(report.topics_error)}[/red]")
+    print_alerts(console, report)
+
+
+# shown elsewhere in the row, or the same on every alert of a local stack
+_QUIET_LABELS = frozenset({"alertname", "severity", "retrain", "job", "instance", "profile"})
+
+
+def print_alerts(console: Console, report: StackStatus) -> None:
+    """The alerts Prometheus holds, firing first; nothing when Prometheus is not part of it."""
+    if report.alerts_error:
+        console.print(f"[red]alerts: {escape(report.alerts_error)}[/red]")
+        return
+    if not any(part.name == "prometheus" and part.healthy for part in report.parts):
+        return
+    if not report.alerts:
+        console.print("alerts: none firing or pending")
+        return
+    table = Table("alert", "state", "severity", "labels", "since", title="alerts")
+    for alert in report.alerts:
+        state = "[red]firing[/red]" if alert.state == "firing" else alert.state
+        shown = {k: v for k, v in alert.labels.items() if k not in _QUIET_LABELS}
+        labels = ", ".join(f"{key}={value}" for key, value in sorted(shown.items()))
+        table.add_row(alert.name, state, alert.severity, escape(labels), alert.active_at[:19])
+    console.print(table)

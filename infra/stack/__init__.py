@@ -1,4 +1,4 @@
-"""The local stack: Tansu, Redis, MLflow and optionally Prometheus on loopback.
+"""The local stack on loopback: Tansu, Redis, MLflow, and Prometheus with Alertmanager.
 
 ``up``/``down``/``status`` live in :mod:`infra.stack.stack`; the generic
 process supervision they use lives in :mod:`infra.stack.process`.

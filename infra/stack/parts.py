@@ -1,7 +1,9 @@
 """The parts of the local stack, built from :class:`~infra.settings.Settings`.
 
 Each part listens where the settings say; a part whose address is not
-loopback is external: never started here, only health-checked.
+loopback is external: never started here, only health-checked. Prometheus and
+Alertmanager (:mod:`infra.stack.alerting`) are the monitoring parts: started
+by default, left out with ``monitoring=False`` (``tributary up --no-monitoring``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ from pathlib import Path
 
 from infra.errors import ConfigError, StackError
 from infra.settings import HostPort, Settings
+from infra.stack.alerting import alertmanager_part, prometheus_part
+from infra.stack.alerting import scrape_targets_dir as scrape_targets_dir
 from infra.stack.health import http_check, kafka_check, redis_check
 from infra.stack.process import Part, bind_host
 
-PART_NAMES = ("kafka", "redis", "mlflow", "prometheus")
+CORE_PARTS = ("kafka", "redis", "mlflow")
+MONITORING_PARTS = ("prometheus", "alertmanager")
+PART_NAMES = (*CORE_PARTS, *MONITORING_PARTS)
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "kafka": 15.0,
     "redis": 15.0,
     "mlflow": 60.0,  # ~14 s to its first /health on a 2-core machine
     "prometheus": 15.0,
+    "alertmanager": 15.0,
 }
 # Registry webhooks to loopback receivers are refused without the first two. The
 # server caches the webhook list per event for 60 s by default, so a webhook
@@ -35,10 +42,14 @@ MLFLOW_ENV: Mapping[str, str] = {
 def stack_parts(
     settings: Settings,
     *,
-    with_prometheus: bool = False,
+    monitoring: bool = True,
     timeouts: Mapping[str, float] | None = None,
 ) -> list[Part]:
-    """The parts ``up`` manages, in display order; ``timeouts`` overrides start limits by name."""
+    """The parts ``up`` manages, in display order; ``timeouts`` overrides start limits by name.
+
+    ``monitoring=False`` leaves out Prometheus and Alertmanager, for stacks
+    that only move data (most test suites).
+    """
     unknown = sorted(set(timeouts or {}) - set(PART_NAMES))
     if unknown:
         raise ConfigError(f"unknown part {unknown[0]!r}; parts are {', '.join(PART_NAMES)}")
@@ -49,8 +60,9 @@ def stack_parts(
         redis_part(settings, state, limits["redis"]),
         mlflow_part(settings, state, limits["mlflow"]),
     ]
-    if with_prometheus:
+    if monitoring:
         parts.append(prometheus_part(settings, state, limits["prometheus"]))
+        parts.append(alertmanager_part(settings, state, limits["alertmanager"]))
     return parts
 
 
@@ -123,55 +135,4 @@ def mlflow_part(settings: Settings, state: Path, timeout: float) -> Part:
         signature=("mlflow", "server"),
         port_setting="TRIBUTARY_MLFLOW_URI",
         prepare=lambda: (home / "artifacts").mkdir(parents=True, exist_ok=True),
-    )
-
-
-def scrape_targets_dir(settings: Settings) -> Path:
-    """Where running flows and workers announce their metrics endpoints.
-
-    Each process writes ``{profile}-{name}-{index}.json`` (Prometheus file service
-    discovery) when it starts, so Prometheus finds however many there are.
-    """
-    return settings.state_dir / "prometheus" / "targets"
-
-
-def prometheus_config(settings: Settings) -> str:
-    """A scrape config for Prometheus itself, the prediction API and the flows."""
-    own = f"127.0.0.1:{settings.prometheus_port}"
-    api = f"127.0.0.1:{settings.api_port}"
-    targets = scrape_targets_dir(settings).resolve() / "*.json"
-    return (
-        "# Written by `tributary up` on every start; edits here are overwritten.\n"
-        "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n"
-        "scrape_configs:\n"
-        f"  - job_name: prometheus\n    static_configs:\n      - targets: ['{own}']\n"
-        f"  - job_name: tributary-api\n    static_configs:\n      - targets: ['{api}']\n"
-        "  - job_name: tributary-flows\n    scrape_interval: 5s\n"
-        f"    file_sd_configs:\n      - files: ['{targets}']\n"
-    )
-
-
-def prometheus_part(settings: Settings, state: Path, timeout: float) -> Part:
-    address: HostPort = settings.prometheus_address
-    home = state / "prometheus"
-    config = home / "prometheus.yml"
-
-    def prepare() -> None:
-        (home / "data").mkdir(parents=True, exist_ok=True)
-        scrape_targets_dir(settings).mkdir(parents=True, exist_ok=True)
-        config.write_text(prometheus_config(settings))
-
-    return Part(
-        name="prometheus",
-        address=address,
-        argv=(
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address={bind_host(address)}:{address.port}",
-        ),
-        health=http_check(f"http://{address}/-/ready", loopback=True),
-        start_timeout=timeout,
-        port_setting="TRIBUTARY_PROMETHEUS_PORT",
-        prepare=prepare,
     )

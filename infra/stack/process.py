@@ -43,7 +43,8 @@ class Part:
 
     ``signature`` names command-line tokens that, with the program name, tell
     this part's process apart from any other one reusing its old pid.
-    ``port_setting`` is the setting a person changes when the port is taken.
+    ``port_setting`` is the setting a person changes when the port is taken;
+    ``missing_hint`` what to do when the program is not installed.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Part:
     signature: tuple[str, ...] = ()
     port_setting: str = ""
     prepare: Callable[[], None] | None = None
+    missing_hint: str = ""
 
     @property
     def external(self) -> bool:
@@ -151,7 +153,8 @@ def preflight(parts: Sequence[Part]) -> None:
     problems: list[str] = []
     for part in parts:
         if shutil.which(part.argv[0]) is None:
-            problems.append(f"{part.name}: program {part.argv[0]!r} not found")
+            hint = f" ({part.missing_hint})" if part.missing_hint else ""
+            problems.append(f"{part.name}: program {part.argv[0]!r} not found{hint}")
         problem = port_problem(part.address)
         if problem is not None:
             hint = f" (set {part.port_setting} to another port)" if part.port_setting else ""

@@ -2,9 +2,11 @@
 
 >>> from infra.settings import load_settings
 >>> settings = load_settings()
->>> report = up(settings, with_prometheus=True)      # doctest: +SKIP
+>>> report = up(settings)                            # doctest: +SKIP
 >>> [part.name for part in status(settings).parts]   # doctest: +SKIP
-['kafka', 'redis', 'mlflow', 'prometheus']
+['kafka', 'redis', 'mlflow', 'prometheus', 'alertmanager']
+>>> [alert.name for alert in status(settings).alerts]  # doctest: +SKIP
+['TributaryApiDown']
 >>> down(settings)                                   # doctest: +SKIP
 """
 
@@ -17,8 +19,9 @@ from typing import Any, Literal
 
 from infra.errors import StackError, TributaryError
 from infra.settings import Settings
+from infra.stack.alerting import ActiveAlert, active_alerts
 from infra.stack.kafka_admin import TopicOffsets, ensure_topics, topic_offsets
-from infra.stack.parts import stack_parts
+from infra.stack.parts import MONITORING_PARTS, stack_parts
 from infra.stack.process import (
     STOP_GRACE_S,
     Layout,
@@ -66,9 +69,13 @@ class PartStatus:
 
 @dataclass(frozen=True)
 class StackStatus:
+    """Parts, topics and, when Prometheus answers, the alerts it holds (firing and pending)."""
+
     parts: list[PartStatus]
     topics: list[TopicOffsets]
     topics_error: str | None = None
+    alerts: list[ActiveAlert] = field(default_factory=list)
+    alerts_error: str | None = None
 
     def part(self, name: str) -> PartStatus:
         return next(part for part in self.parts if part.name == name)
@@ -80,7 +87,7 @@ class StackStatus:
 def up(
     settings: Settings,
     *,
-    with_prometheus: bool = False,
+    monitoring: bool = True,
     after_start: Sequence[AfterStart] = (),
     timeouts: Mapping[str, float] | None = None,
 ) -> UpReport:
@@ -90,9 +97,10 @@ def up(
     to become healthy, or topic creation or a hook fails, the parts this call
     started are stopped again, so no half-started stack is left; parts that
     were already running are left alone. Raises :class:`StackError`.
+    ``monitoring=False`` leaves Prometheus and Alertmanager out.
     """
     layout = Layout(settings.state_dir)
-    parts = stack_parts(settings, with_prometheus=with_prometheus, timeouts=timeouts)
+    parts = stack_parts(settings, monitoring=monitoring, timeouts=timeouts)
     actions, to_start = _plan(parts, layout)
     preflight(to_start)
     launched = start_parts(to_start, layout)
@@ -158,7 +166,7 @@ def down(settings: Settings) -> list[PartAction]:
     """
     layout = Layout(settings.state_dir)
     running: list[tuple[Part, int]] = []
-    for part in stack_parts(settings, with_prometheus=True):
+    for part in stack_parts(settings):
         pid = live_pid(part, layout)
         if pid is None:
             layout.pid_path(part.name).unlink(missing_ok=True)
@@ -171,15 +179,17 @@ def down(settings: Settings) -> list[PartAction]:
 
 
 def status(settings: Settings) -> StackStatus:
-    """Each part's state and health; the topics with their end offsets when Kafka answers.
+    """Each part's state and health; the topics with their end offsets when Kafka answers;
+    the alerts Prometheus holds when it answers.
 
-    Prometheus is listed only when ``up --with-prometheus`` left a pid file for it.
+    Prometheus and Alertmanager are listed only when ``up`` left a pid file for
+    them, so a stack started with ``--no-monitoring`` does not show them stopped.
     """
     layout = Layout(settings.state_dir)
     parts = [
         part
-        for part in stack_parts(settings, with_prometheus=True)
-        if part.name != "prometheus" or layout.pid_path(part.name).exists()
+        for part in stack_parts(settings)
+        if part.name not in MONITORING_PARTS or layout.pid_path(part.name).exists()
     ]
     # Checks run side by side so an unanswering part costs one timeout, not one each.
     with ThreadPoolExecutor(max_workers=len(parts)) as pool:
@@ -192,7 +202,14 @@ def status(settings: Settings) -> StackStatus:
             topics = topic_offsets(settings.kafka_bootstrap)
         except StackError as failure:
             error = failure.message
-    return StackStatus(states, topics, error)
+    alerts: list[ActiveAlert] = []
+    alerts_error: str | None = None
+    if any(state.name == "prometheus" and state.healthy for state in states):
+        try:
+            alerts = active_alerts(settings.prometheus_address)
+        except StackError as failure:
+            alerts_error = failure.message
+    return StackStatus(states, topics, error, alerts, alerts_error)
 
 
 def _part_status(part: Part, layout: Layout) -> PartStatus:

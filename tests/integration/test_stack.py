@@ -19,7 +19,7 @@ from infra.stack.procfs import cmdline
 from tests.integration.conftest import NewStackSettings
 
 CORE = ["kafka", "redis", "mlflow"]
-ALL = [*CORE, "prometheus"]
+ALL = [*CORE, "prometheus", "alertmanager"]
 
 
 def _produce(settings: Settings, topic: str, count: int) -> None:
@@ -35,7 +35,7 @@ def _produce(settings: Settings, topic: str, count: int) -> None:
 def test_lifecycle(new_stack_settings: NewStackSettings) -> None:
     settings = new_stack_settings("lifecycle")
     try:
-        first = up(settings, with_prometheus=True)
+        first = up(settings)
         assert [(a.name, a.action) for a in first.parts] == [(n, "started") for n in ALL]
 
         running = status(settings)
@@ -43,7 +43,7 @@ def test_lifecycle(new_stack_settings: NewStackSettings) -> None:
         assert all(p.state == "running" and p.healthy and p.pid for p in running.parts)
         pids = {p.name: p.pid for p in running.parts}
 
-        again = up(settings, with_prometheus=True)
+        again = up(settings)
         assert {a.name: (a.action, a.pid) for a in again.parts} == {
             name: ("already running", pid) for name, pid in pids.items()
         }
