@@ -29,7 +29,9 @@ _PHONE: Final = re.compile(
     r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-])"
     r"|(?<![\w+])\+\d{1,3}(?:[ .-]\d{1,5}){2,5}(?![\w-])"  # international, with separators
 )
-_CARD: Final = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+# Not after a decimal point: the digits of a float (0.12345678901234565 in a metrics
+# or profile artifact) are no card number, and about one run in ten passes Luhn.
+_CARD: Final = re.compile(r"(?<!\d)(?<!\d\.)(?:\d[ -]?){12,18}\d(?!\d)(?!\.\d)")
 _STREET_SUFFIXES: Final = (
     "St|Street|Ave|Avenue|Rd|Road|Ln|Lane|Way|Dr|Drive|Ct|Court|Blvd|Boulevard|Pl|Place|Ter"
     "|Terrace|Hwy|Highway|Pkwy|Parkway"

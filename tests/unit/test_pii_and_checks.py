@@ -49,6 +49,12 @@ def test_ids_prices_and_times_are_not_pii() -> None:
     assert scan_text("order o-1795131000123 at 1795131000123 for 4111111111111112") == []
 
 
+def test_the_digits_of_a_float_are_not_a_card_number() -> None:
+    # 4111111111111111 passes Luhn: as a fraction it is still no card
+    assert scan_text('{"edges": [0.4111111111111111, 12.4111111111111111]}') == []
+    assert [f.kind for f in scan_text("card 4111111111111111.")] == ["card_number"]
+
+
 def test_a_card_number_in_an_integer_column_is_found() -> None:
     frame = _frame()
     frame["user_purchases_30d"] = 4111111111111111
