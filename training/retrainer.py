@@ -1,21 +1,27 @@
 """``tributary run retrainer``: retrain on request, gate, promote — one job at a time.
 
 Jobs come from two places: ``ml.retrain`` messages (``{"reason": ..., "kind":
-"torch"|"river", "window_days": ...}``, from the monitors or a person) and the
-registry webhook (a version became ``challenger``: gate it). One thread handles
-them in order, so at most one training or gating runs at a time; a lock file
-extends that to several worker processes on one machine.
+"torch"|"river", "window_days": ...}``, from a person, or from Alertmanager
+through the receiver's ``/alertmanager`` route with ``evidence`` and an
+``incident``) and the registry webhook (a version became ``challenger``: gate
+it). One thread handles them in order, so at most one training or gating runs
+at a time; a lock file extends that to several worker processes on one machine.
 
-A retrain trains on the recent window, marks the version ``challenger``, runs
-the gates and promotes on success. It is skipped while the last successful
-retrain is younger than ``retrain_cooldown_s`` (kept as a registered-model tag,
-so a restart remembers it). Errors are retried ``retrain_attempts`` times with
-exponential backoff; every outcome is logged as one JSON line, counted in
-``tributary_retrain_runs_total{outcome}`` and kept in the ``last_retrain`` tag.
-A malformed request goes to ``shop.dlq`` with a reason; the Kafka position is
-committed only after its job is done, so a crash re-runs it. MLflow delivers
-webhooks best effort, so the worker also checks the ``challenger`` alias every
-30 seconds and gates a challenger that was never gated.
+A retrain trains on the recent window, tags the version and its run with the
+reason and evidence (``retrain_reason``, ``retrain_incident``,
+``retrain_evidence``: a champion says why it exists), marks it ``challenger``,
+runs the gates and promotes on success. It is skipped while the last promoted
+or rejected retrain is younger than ``retrain_cooldown_s`` (kept in the
+registered model's ``last_retrain`` tag, so a restart remembers it), and when
+a version was already trained for the request's incident. Errors are retried
+``retrain_attempts`` times with exponential backoff; every outcome is logged as
+one JSON line, counted in ``tributary_retrain_runs_total{job,outcome}`` and
+kept in the ``last_retrain`` tag. A malformed request goes to ``shop.dlq`` with
+a reason; the Kafka position is committed only after its job is done, so a
+crash re-runs it. MLflow delivers webhooks best effort, so the worker also
+checks the ``challenger`` alias every 30 seconds and gates a challenger that
+was never gated. The worker serves its Prometheus metrics on ``metrics_port`` +
+:data:`METRICS_OFFSET` (announced to Prometheus as ``process="retrainer-0"``).
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
-from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from prometheus_client import Counter, start_http_server
+from pydantic import ValidationError
 
 from infra.contracts.dlq import DlqHeaders
 from infra.contracts.rejections import RejectionReason
@@ -42,24 +49,17 @@ from infra.kafka.producer import Producer
 from infra.settings import Settings
 from training.promotion import GateFailedError, PromotionReport, promote
 from training.registry import CHALLENGER, Registry
+from training.retrain_request import INCIDENT_TAG, RetrainRequest, retrain_tags
 from training.train import TrainReport, TrainRequest, train
 
 _LOG = logging.getLogger("training.retrainer")
 LAST_RETRAIN_TAG: Final = "last_retrain"
 CHALLENGER_CHECK_S: Final = 30.0
+# metrics_port + 50 is where the runner puts flows it has no offset for
+METRICS_OFFSET: Final = 60
 RUNS = Counter("tributary_retrain_runs", "Retrain and gate jobs by outcome.", ["job", "outcome"])
 Outcome = Literal["promoted", "rejected", "skipped", "failed", "invalid"]
-
-
-class RetrainRequest(BaseModel):
-    """One ``ml.retrain`` message."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    reason: str = Field(min_length=1, max_length=500)
-    kind: Literal["torch", "river"] = "torch"
-    window_days: float | None = Field(None, gt=0, le=30)
-    requested_at: datetime | None = None
+__all__ = ["JobResult", "RetrainRequest", "RetrainTopic", "RetrainWorker", "run_worker"]
 
 
 @dataclass
@@ -69,6 +69,7 @@ class JobResult:
     detail: str
     version: int | None = None
     attempts: int = 0
+    incident: str | None = None
     finished_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def to_json(self) -> str:
@@ -104,14 +105,28 @@ class RetrainWorker:
 
     def retrain(self, request: RetrainRequest) -> JobResult:
         registry = Registry(self.settings)
-        waited = self._cooldown_left(registry)
-        if waited > 0:
-            return self._finish(registry, JobResult(
-                "retrain", "skipped", f"cooldown: {waited:.0f} s left ({request.reason})"
-            ))  # fmt: skip
+        skipped = self._why_skip(registry, request)
+        if skipped is not None:
+            return self._finish(registry, skipped)
         with self._exclusive():
             result = self._with_retries("retrain", lambda: self._train_and_promote(request))
+        result.incident = request.incident
         return self._finish(registry, result)
+
+    def _why_skip(self, registry: Registry, request: RetrainRequest) -> JobResult | None:
+        """A ``skipped`` result when the request must not train now, else None."""
+        if request.incident is not None:
+            # a request produced twice (a publish whose acknowledgement was lost)
+            done = registry.latest(**{INCIDENT_TAG: request.incident})
+            if done is not None:
+                detail = f"incident {request.incident} already trained v{done.version}"
+                return JobResult("retrain", "skipped", detail, done.version,
+                                 incident=request.incident)  # fmt: skip
+        waited = self._cooldown_left(registry)
+        if waited > 0:
+            detail = f"cooldown: {waited:.0f} s left ({request.reason})"
+            return JobResult("retrain", "skipped", detail, incident=request.incident)
+        return None
 
     def gate(self, version: int) -> JobResult:
         """Gate a version that became challenger; promote it when every gate passes."""
@@ -127,7 +142,14 @@ class RetrainWorker:
             self.settings,
             TrainRequest(kind=request.kind, window_days=request.window_days, progress=False),
         )
-        Registry(self.settings).set_alias(CHALLENGER, report.version)
+        registry = Registry(self.settings)
+        tags = retrain_tags(request)
+        # before the alias, so the version says why it exists from its first gate on
+        registry.set_tags(report.version, tags)
+        if report.run_id:
+            for key, value in tags.items():
+                registry.client.set_tag(report.run_id, key, value)
+        registry.set_alias(CHALLENGER, report.version)
         result = self._promote(report.version)
         result.job = "retrain"
         result.detail = f"{request.reason}: {result.detail}"
@@ -167,11 +189,16 @@ class RetrainWorker:
         return self.settings.training.retrain_cooldown_s - (self.clock() - last)
 
     def _finish(self, registry: Registry, result: JobResult) -> JobResult:
+        now = self.clock()
+        # the tag holds the latest job only: carry the cooldown's start past
+        # skipped and failed jobs, or a third request would train at once
+        fresh = result.outcome in ("promoted", "rejected")
+        record = {**asdict(result), "at": now,
+                  "cooldown_from": now if fresh else _last_success(registry)}  # fmt: skip
         try:
             registry.client.set_registered_model_tag(
-                registry.name, LAST_RETRAIN_TAG,
-                json.dumps({**asdict(result), "at": self.clock()}),
-            )  # fmt: skip
+                registry.name, LAST_RETRAIN_TAG, json.dumps(record)
+            )
         except Exception as error:
             _LOG.warning("could not record the retrain outcome: %s", error)
         return self._record(result)
@@ -205,7 +232,8 @@ def _last_success(registry: Registry) -> float | None:
     # a rejected model still means fresh data was tried: cool down after it too
     if record.get("outcome") in ("promoted", "rejected"):
         return float(record.get("at", 0.0))
-    return None
+    since = record.get("cooldown_from")
+    return None if since is None else float(since)
 
 
 class RetrainTopic:
@@ -270,32 +298,79 @@ def _queue_ungated_challenger(worker: RetrainWorker) -> None:
         worker.gate_jobs.put(challenger.version)
 
 
-def run_worker(settings: Settings, stop: threading.Event, webhook_port: int | None = None) -> None:
-    """The worker loop: webhook gate jobs first, then ``ml.retrain``, until ``stop`` is set."""
+def run_worker(
+    settings: Settings,
+    stop: threading.Event,
+    webhook_port: int | None = None,
+    metrics_port: int | None = None,
+) -> None:
+    """The worker loop: webhook gate jobs first, then ``ml.retrain``, until ``stop`` is set.
+
+    ``metrics_port`` None means ``settings.metrics_port`` + :data:`METRICS_OFFSET`
+    (nothing when ``metrics_port`` is 0 in the settings); 0 means any free port.
+    """
+    from training.alert_receiver import ALERT_PATH, AlertReceiver
+    from training.incidents import IncidentLedger, RetrainPublisher
     from training.webhook import WebhookReceiver, ensure_webhook
 
     worker = RetrainWorker(settings)
-    receiver = WebhookReceiver(settings, worker.gate_jobs.put, port=webhook_port).start()
-    ensure_webhook(settings, receiver.url)
-    topic = RetrainTopic(settings)
-    _LOG.info("retrainer listening on %s and %s", topic.topic, receiver.url)
-    next_check = 0.0
+    ledger, publisher = IncidentLedger(settings), RetrainPublisher(settings)
+    alerts = AlertReceiver(settings, ledger, publisher)
+    receiver = WebhookReceiver(settings, worker.gate_jobs.put, port=webhook_port,
+                               routes={ALERT_PATH: alerts}).start()  # fmt: skip
+    metrics = serve_worker_metrics(settings, metrics_port)
     try:
-        while not stop.is_set():
-            if time.monotonic() >= next_check:
-                # deliveries are best effort: also look at the alias now and then
-                _queue_ungated_challenger(worker)
-                next_check = time.monotonic() + CHALLENGER_CHECK_S
-            try:
-                worker.gate(worker.gate_jobs.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            request, message = topic.poll(0.5)
-            if request is not None:
-                worker.retrain(request)
-            if message is not None:
-                topic.commit(message)
+        ensure_webhook(settings, receiver.url)
+        topic = RetrainTopic(settings)
+        _LOG.info("retrainer listening on %s, %s and %s%s", topic.topic, receiver.url,
+                  receiver.base_url, ALERT_PATH)  # fmt: skip
+        try:
+            _work(worker, topic, stop)
+        finally:
+            topic.close()
     finally:
-        topic.close()
         receiver.stop()
+        publisher.close()
+        ledger.close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+
+
+def _work(worker: RetrainWorker, topic: RetrainTopic, stop: threading.Event) -> None:
+    next_check = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_check:
+            # deliveries are best effort: also look at the alias now and then
+            _queue_ungated_challenger(worker)
+            next_check = time.monotonic() + CHALLENGER_CHECK_S
+        try:
+            worker.gate(worker.gate_jobs.get_nowait())
+            continue
+        except queue.Empty:
+            pass
+        request, message = topic.poll(0.5)
+        if request is not None:
+            worker.retrain(request)
+        if message is not None:
+            topic.commit(message)
+
+
+def serve_worker_metrics(settings: Settings, port: int | None = None) -> WSGIServer | None:
+    """Serve this process's metrics on loopback and tell Prometheus (file discovery).
+
+    A busy port costs the metrics, not the worker: it logs and carries on.
+    """
+    from flows.runner import announce_metrics
+
+    if port is None:
+        if not settings.metrics_port:
+            return None
+        port = settings.metrics_port + METRICS_OFFSET
+    try:
+        server, _ = start_http_server(port, addr="127.0.0.1")
+    except OSError as error:
+        _LOG.warning("retrainer metrics not served on port %d: %s", port, error)
+        return None
+    announce_metrics(settings, "retrainer-0", int(server.server_address[1]))
+    return server

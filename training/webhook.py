@@ -6,7 +6,9 @@ HTTP server on loopback that the retrain worker runs. The receiver checks
 MLflow's HMAC signature when a secret is configured (``X-MLflow-Signature`` =
 ``v1,`` + base64 HMAC-SHA256 of ``{delivery_id}.{timestamp}.{body}``), rejects
 deliveries older than five minutes, and hands the version of every new
-``challenger`` alias of our registered model to a callback.
+``challenger`` alias of our registered model to a callback. The same server
+answers other webhooks through extra :class:`Route` objects (the retrain
+worker adds Alertmanager's, :mod:`training.alert_receiver`).
 
 >>> body = '{"entity": "model_version_alias", "action": "created", '\\
 ...        '"data": {"name": "plant-recommender", "alias": "challenger", "version": "7"}}'
@@ -30,10 +32,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookEvent
@@ -93,6 +96,28 @@ def fresh_and_signed(secret: str, headers: dict[str, str], body: str) -> bool:
     return stamp.isdigit() and abs(time.time() - int(stamp)) <= MAX_AGE_S
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: a status and, optionally, a JSON body."""
+
+    status: HTTPStatus
+    body: dict[str, Any] | None = None
+
+    @classmethod
+    def error(cls, status: HTTPStatus, code: str, message: str) -> Reply:
+        """The project's error shape, ``{"error": {"code", "message"}}``."""
+        return cls(status, {"error": {"code": code, "message": message}})
+
+
+class Route(Protocol):
+    """One more webhook the receiver serves, at its own path."""
+
+    @property
+    def max_body(self) -> int: ...
+
+    def accept(self, headers: Mapping[str, str], body: bytes, client: str) -> Reply: ...
+
+
 class WebhookReceiver:
     """An HTTP server thread that turns challenger deliveries into callbacks."""
 
@@ -101,9 +126,11 @@ class WebhookReceiver:
         settings: Settings,
         on_challenger: Callable[[int], None],
         port: int | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.settings = settings
         self.on_challenger = on_challenger
+        self.routes = dict(routes or {})
         self.secret = (
             settings.training.webhook_secret.get_secret_value()
             if settings.training.webhook_secret
@@ -117,9 +144,14 @@ class WebhookReceiver:
                                        name="webhook-receiver")  # fmt: skip
 
     @property
-    def url(self) -> str:
+    def base_url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}{PATH}"
+        return f"http://{host!s}:{port}"
+
+    @property
+    def url(self) -> str:
+        """Where MLflow delivers."""
+        return self.base_url + PATH
 
     def start(self) -> WebhookReceiver:
         self.thread.start()
@@ -144,21 +176,45 @@ class WebhookReceiver:
             self.on_challenger(version)
         return HTTPStatus.NO_CONTENT
 
+    def route(self, path: str, headers: dict[str, str], body: bytes, client: str) -> Reply:
+        """Answer one POST whose body fits its route's limit."""
+        if path == PATH:
+            return Reply(self.accept(headers, body.decode("utf-8", errors="replace")))
+        return self.routes[path].accept(headers, body, client)
+
+    def max_body(self, path: str) -> int | None:
+        """The body limit of ``path``; None for a path nobody serves."""
+        if path == PATH:
+            return MAX_BODY
+        return self.routes[path].max_body if path in self.routes else None
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                limit = receiver.max_body(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
-                if self.path != PATH or length > MAX_BODY:
-                    self.send_response(HTTPStatus.NOT_FOUND if self.path != PATH
-                                       else HTTPStatus.REQUEST_ENTITY_TOO_LARGE)  # fmt: skip
-                    self.end_headers()
-                    return
-                body = self.rfile.read(length).decode("utf-8", errors="replace")
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                self.send_response(receiver.accept(headers, body))
+                if limit is None:
+                    self._send(Reply.error(HTTPStatus.NOT_FOUND, "not_found", self.path))
+                elif length > limit:
+                    self.close_connection = True  # the unread body must not become a request
+                    message = f"the body is over {limit} bytes"
+                    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                    self._send(Reply.error(status, "payload_too_large", message))
+                else:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    body = self.rfile.read(length)
+                    self._send(receiver.route(self.path, headers, body, self.client_address[0]))
+
+            def _send(self, reply: Reply) -> None:
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                if payload:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
+                self.wfile.write(payload)
 
             def log_message(self, format: str, *args: Any) -> None:
                 _LOG.debug(format, *args)
