@@ -30,7 +30,7 @@ from infra.settings import Settings, load_settings
 from serving import errors
 from serving.metrics import ServingMetrics
 from serving.middleware import BodySizeLimit, RequestMetrics
-from serving.routers import admin, features, health, hooks, predictions
+from serving.routers import admin, dashboard, features, health, hooks, predictions
 from serving.security import ApiKeys
 from serving.state import Backends, ServingState, real_backends
 
@@ -74,7 +74,10 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    routers = (predictions.router, features.router, admin.router, hooks.router, health.router)
+    routers = (
+        predictions.router, features.router, admin.router, hooks.router, health.router,
+        dashboard.router,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     # added last = outermost: the size check runs before anything reads the body
