@@ -15,6 +15,13 @@ Two edges are deliberate:
 - Impressions less than 30 minutes before the newest event read are left out:
   their label is not known yet, and calling them negatives would bias the set.
 
+The same replay can also sample *reference requests*
+(:class:`~training.replay.ReferenceRequests`):
+what serving would have scored as sessions started in the range's validation
+part — the user's features then, and every product allowed in the region. That,
+not the impressions, is the population the monitor compares served traffic
+with (:mod:`training.profiles`).
+
 :func:`build_training_set` reads one pinned Delta version of each table and
 returns those versions with the rows, for lineage.
 """
@@ -34,8 +41,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from flows.features.definitions import PRODUCT_VIEW, USER_VIEW
-from flows.features.tiles import EntityTiles
 from infra.contracts.events import ShopEvent
 from infra.contracts.tables import BRONZE_EVENTS, SourcePosition, TableName, event_row
 from infra.contracts.validate import validate
@@ -45,6 +50,7 @@ from infra.plantly.catalog import Catalog, load_catalog
 from infra.plantly.simulator import ShopSimulator, SimulationConfig
 from infra.settings import Settings
 from training.contract import append_row, empty_columns
+from training.replay import REQUEST, ReferenceRequests, Replay
 
 LABEL_WINDOW_S = 30 * 60
 _NO_BRONZE = "run the ingest flow first"
@@ -54,21 +60,32 @@ _EVENT_COLUMNS = [
     "event_id", "event_type", "event_ts", "user_id", "product_id", "region", "device",
     "price", "quantity", "source_partition", "source_offset",
 ]  # fmt: skip
+_READ_COLUMNS = [*_EVENT_COLUMNS, "session_id"]
 
 
 @dataclass
 class TrainingSet:
-    """Rows of one time range and the Delta table versions they were built from."""
+    """Rows of one time range and the Delta table versions they were built from.
+
+    ``reference_rows`` are the serving-shaped reference requests sampled from the
+    range (see :class:`~training.replay.ReferenceRequests`); empty when none were asked for.
+    """
 
     frame: pd.DataFrame
     start: datetime
     end: datetime
     delta_versions: dict[str, int]
     skipped: dict[str, int] = field(default_factory=dict)
+    reference_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def label_rate(self) -> float:
         return float(self.frame["label"].mean()) if len(self.frame) else 0.0
+
+    @property
+    def reference_requests(self) -> int:
+        rows = self.reference_rows
+        return int(rows[REQUEST].nunique()) if REQUEST in rows.columns else 0
 
 
 def build_rows(
@@ -77,35 +94,32 @@ def build_rows(
     end: float,
     catalog: Catalog,
     skipped: dict[str, int] | None = None,
+    *,
+    requests: ReferenceRequests | None = None,
 ) -> pd.DataFrame:
     """Contract rows plus ``label``, ``event_ts``, ``event_id`` for impressions in [start, end).
 
     ``events`` has the ``bronze/events`` columns (any order of rows). Counts of
-    impressions left out, by reason, are added to ``skipped``.
+    impressions left out, by reason, are added to ``skipped``. With ``requests``,
+    the same replay also collects its reference requests (read them from
+    :attr:`~training.replay.ReferenceRequests.frame`).
     """
     ordered = _in_event_time_order(events)
     purchases = _purchase_times(ordered)
     horizon = _newest_ts(ordered) - LABEL_WINDOW_S
+    wanted = requests.choose(ordered, start, end, horizon, catalog) if requests else {}
     columns = empty_columns()
     extra: dict[str, list[object]] = {name: [] for name in EXTRA_COLUMNS}
     left_out: dict[str, int] = defaultdict(int)
-    users: dict[str, EntityTiles] = defaultdict(EntityTiles)
-    products: dict[str, EntityTiles] = defaultdict(EntityTiles)
-    pending: list[tuple[str, float, str, str, float | None, int | None]] = []
-    current = float("-inf")
+    replay = Replay()
     for row in _rows_of(ordered):
-        ts = row["event_ts"].timestamp()
-        if ts != current:
-            # events of one instant are counted only after every impression of it is
-            # read: "as of t" means strictly before t
-            _count(pending, users, products)
-            current = ts
-        pending.append(
-            (row["event_type"], ts, row["user_id"], row["product_id"], row["price"],
-             row["quantity"])
-        )  # fmt: skip
+        ts = replay.feed(row)
         if row["event_type"] != "impression" or not start <= ts < end:
             continue
+        if wanted and requests is not None:
+            request = wanted.pop(row["event_id"], None)
+            if request is not None:  # a sampled session starts: what would serving score?
+                requests.collect(request, row, ts, replay, catalog)
         reason = _left_out_because(row["product_id"], ts, horizon, catalog)
         if reason is not None:
             left_out[reason] += 1
@@ -113,8 +127,7 @@ def build_rows(
         user_id, product_id = row["user_id"], row["product_id"]
         append_row(
             columns, user_id, product_id, row["region"], row["device"],
-            users[user_id].features(USER_VIEW, ts), products[product_id].features(PRODUCT_VIEW, ts),
-            catalog, ts,
+            replay.user(user_id, ts), replay.product(product_id, ts), catalog, ts,
         )  # fmt: skip
         extra["label"].append(_label(purchases.get((user_id, product_id)), ts))
         extra["event_ts"].append(ts)
@@ -131,17 +144,6 @@ def _left_out_because(product_id: str, ts: float, horizon: float, catalog: Catal
     if product_id not in catalog:
         return "product_not_in_catalog"
     return None
-
-
-def _count(
-    pending: list[tuple[str, float, str, str, float | None, int | None]],
-    users: dict[str, EntityTiles],
-    products: dict[str, EntityTiles],
-) -> None:
-    for event_type, ts, user_id, product_id, price, quantity in pending:
-        users[user_id].add(event_type, ts, price, quantity)
-        products[product_id].add(event_type, ts, price, quantity)
-    pending.clear()
 
 
 def _label(purchased_at: list[float] | None, ts: float) -> int:
@@ -224,7 +226,7 @@ def read_events(settings: Settings, start: datetime, end: datetime) -> tuple[int
     in_range = (date_field >= pa.scalar(first, pa.date32())) & (
         date_field <= pa.scalar(last, pa.date32())
     )
-    data = table.to_pyarrow_dataset().to_table(columns=_EVENT_COLUMNS, filter=in_range)
+    data = table.to_pyarrow_dataset().to_table(columns=_READ_COLUMNS, filter=in_range)
     return version, data
 
 
@@ -239,9 +241,18 @@ def newest_event_time(settings: Settings) -> datetime:
 
 
 def build_training_set(
-    settings: Settings, start: datetime, end: datetime, catalog: Catalog | None = None
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    catalog: Catalog | None = None,
+    *,
+    reference_requests: int = 0,
 ) -> TrainingSet:
-    """Rows for impressions in [start, end) from pinned versions of the Delta tables."""
+    """Rows for impressions in [start, end) from pinned versions of the Delta tables.
+
+    With ``reference_requests`` > 0, that many serving-shaped reference requests
+    at most are sampled from the validation part (``settings.training.validation_fraction``).
+    """
     if end <= start:
         raise InvalidInputError(f"the training range is empty: {start} .. {end}")
     version, events = read_events(settings, start, end)
@@ -250,10 +261,17 @@ def build_training_set(
     if catalog_at is not None:
         versions[TableName.CATALOG] = catalog_at
     skipped: dict[str, int] = {}
-    frame = build_rows(
-        events, start.timestamp(), end.timestamp(), catalog or load_catalog(), skipped
+    requests = (
+        ReferenceRequests(settings.training.validation_fraction, reference_requests)
+        if reference_requests > 0
+        else None
     )
-    return TrainingSet(frame, start, end, versions, skipped)
+    frame = build_rows(
+        events, start.timestamp(), end.timestamp(), catalog or load_catalog(), skipped,
+        requests=requests,
+    )  # fmt: skip
+    reference = requests.frame if requests is not None else pd.DataFrame()
+    return TrainingSet(frame, start, end, versions, skipped, reference)
 
 
 def simulated_events(config: SimulationConfig, catalog: Catalog | None = None) -> pa.Table:
@@ -282,5 +300,6 @@ def describe(training_set: TrainingSet) -> str:
             "end": training_set.end.isoformat(),
             "delta_versions": training_set.delta_versions,
             "skipped": training_set.skipped,
+            "reference_requests": training_set.reference_requests,
         }
     )

@@ -12,6 +12,13 @@ tell a segment that is worse from one that is only small.
 0.1643
 >>> round(auc_standard_error(0.75, positives=50, negatives=500), 3)
 0.041
+
+Before labels exist, :func:`estimated_roc_auc` is the AUC to expect if the
+scores are calibrated probabilities (confidence-based performance estimation,
+after NannyML's CBPE). It lives here, below ``monitoring``, because a model's
+reference profile (:mod:`training.profiles`) records it at training time and
+the monitor (``monitoring.stats`` re-exports it) computes it per window: one
+implementation for both.
 """
 
 from __future__ import annotations
@@ -51,6 +58,40 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(values), dtype=np.float64)
     ranks[order] = np.repeat(mean_ranks, ends - starts)
     return ranks
+
+
+def estimated_roc_auc(scores: ArrayLike) -> float:
+    """The ROC AUC expected if ``scores`` are calibrated probabilities (CBPE).
+
+    Row ``i`` is a positive with probability ``p_i = s_i``, so the pair
+    (``i`` positive, ``j`` negative) occurs with weight ``p_i (1 - p_j)``; the
+    expected AUC is, over ordered pairs ``i != j``::
+
+        sum p_i (1 - p_j) [s_i > s_j] (+ 1/2 if s_i == s_j)  /  sum p_i (1 - p_j)
+
+    Computed in O(n log n): sort, then per distinct score the weight of the
+    negatives strictly below it. NaN with fewer than two rows or when every
+    score is 0 or every score is 1 (no pair can be a positive and a negative).
+
+    >>> round(estimated_roc_auc(np.array([0.1, 0.9])), 4)
+    0.9878
+    >>> estimated_roc_auc(np.array([0.5, 0.5, 0.5]))
+    0.5
+    """
+    p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    if p.size < 2:
+        return float("nan")
+    values, group = np.unique(p, return_inverse=True)
+    positive = np.bincount(group, weights=p, minlength=values.size)  # sum of p per score
+    negative = np.bincount(group, weights=1.0 - p, minlength=values.size)
+    negatives_below = np.cumsum(negative) - negative
+    self_pairs = float(np.sum(p * (1.0 - p)))  # i == j: not a pair
+    ties = float(np.sum(positive * negative)) - self_pairs
+    numerator = float(np.sum(positive * negatives_below)) + 0.5 * ties
+    denominator = float(positive.sum() * negative.sum()) - self_pairs
+    if denominator <= 1e-12:
+        return float("nan")
+    return numerator / denominator
 
 
 def log_loss(labels: ArrayLike, probabilities: ArrayLike, eps: float = 1e-7) -> float:

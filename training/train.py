@@ -5,10 +5,13 @@ bronze event, or an explicit range), build the point-in-time set and pass its
 data check, split by time, fit (River or PyTorch), evaluate on the validation
 rows (overall and per segment), and log everything to MLflow — params,
 per-epoch metrics, the data check, the validation rows (the gates re-score
-them), the model card, and the model with its signature, input example, Delta
-versions, feature set version, git revision and pip environment. The version
-is registered; with ``challenger=True`` it also gets the ``challenger`` alias,
-which is what triggers the gates through the registry webhook.
+them), the reference profile the monitor measures drift against
+(:mod:`training.profiles`: the model's scores of serving-shaped reference
+requests sampled from the validation part), the model card, and the model with its
+signature, input example, Delta versions, feature set version, git revision
+and pip environment. The version is registered; with ``challenger=True`` it
+also gets the ``challenger`` alias, which is what triggers the gates through
+the registry webhook.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from training.contract import COLUMNS
 from training.dataset import TrainingSet, build_training_set, newest_event_time, time_split
 from training.metrics import log_loss, roc_auc, segment_aucs
 from training.model_card import ModelCard, TrainingData, render_model_card
+from training.profiles import ReferenceProfile, build_profile, log_profile
 from training.promotion import MODEL_CARD_ARTIFACT, VALIDATION_ARTIFACT
 from training.pyfunc import RecommenderModel, Scorer
 from training.registry import (
@@ -43,6 +47,7 @@ from training.registry import (
     git_revision,
     log_recommender,
 )
+from training.replay import REFERENCE_REQUESTS
 
 ModelKind = Literal["river", "torch"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("river", "torch")
@@ -78,6 +83,8 @@ class TrainReport:
     seconds: float
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    reference_requests: int = 0  # sampled for the reference profile (training.replay)
+    reference_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +103,9 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
     if request.kind not in MODEL_KINDS:
         raise InvalidInputError(f"unknown model kind {request.kind!r}; choose river or torch")
     started = time.perf_counter()
-    training_set = build_training_set(settings, *_window(settings, request))
+    training_set = build_training_set(
+        settings, *_window(settings, request), reference_requests=REFERENCE_REQUESTS
+    )
     data_check = check_training_set(training_set.frame)
     train_rows, valid_rows = time_split(training_set.frame, settings.training.validation_fraction)
     configure(settings)
@@ -110,6 +119,7 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
         scores = model.score_frame(valid_rows)["score"].to_numpy()
         metrics = _evaluate(valid_rows, scores)
         mlflow.log_metrics(metrics)
+        log_profile(_profile(model, training_set, valid_rows, scores))
         _log_validation(valid_rows)
         version = _register(settings, model, training_set, valid_rows, request)
         card = _card(version, request, training_set, valid_rows, scores, metrics)
@@ -125,6 +135,20 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
         valid_log_loss=round(metrics["valid_log_loss"], 4),
         delta_versions=training_set.delta_versions, seconds=round(time.perf_counter() - started, 1),
         device=fitted.device, extra=fitted.extra,
+        reference_requests=training_set.reference_requests,
+        reference_rows=len(training_set.reference_rows),
+    )  # fmt: skip
+
+
+def _profile(
+    model: RecommenderModel, training_set: TrainingSet, valid_rows: pd.DataFrame, scores: Any
+) -> ReferenceProfile:
+    """The reference profile: the model's scores of the reference requests, and validation."""
+    reference = training_set.reference_rows
+    reference_scores = model.score_frame(reference)["score"].to_numpy() if len(reference) else []
+    return build_profile(
+        reference, reference_scores, valid_rows, scores,
+        window=(training_set.start, training_set.end),
     )  # fmt: skip
 
 
@@ -187,6 +211,7 @@ def _data_params(
         "train_rows": train_rows, "validation_rows": valid_rows,
         "label_rate": round(training_set.label_rate, 5), "seed": request.seed,
         "skipped": json.dumps(training_set.skipped),
+        "reference_requests": training_set.reference_requests,
     }  # fmt: skip
 
 

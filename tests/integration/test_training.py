@@ -21,6 +21,7 @@ from infra.plantly.simulator import SimulationConfig
 from infra.settings import Settings
 from training.contract import COLUMNS
 from training.dataset import simulated_events
+from training.profiles import load_profile
 from training.promotion import MODEL_CARD_ARTIFACT
 from training.registry import CHALLENGER, CHAMPION, Registry
 from training.retrainer import RetrainRequest, RetrainWorker, run_worker
@@ -59,6 +60,8 @@ def test_torch_training_is_tracked_registered_and_loads_through_pyfunc(bronze: S
     assert [m.step for m in registry.client.get_metric_history(report.run_id, "epoch_valid_auc")]
     artifacts = {a.path for a in registry.client.list_artifacts(report.run_id)}
     assert {"model_card.md", "data_check.json", "validation", "environment"} <= artifacts
+    profile = load_profile(bronze, report.version)  # what the monitor measures drift against
+    assert profile is not None and profile.rows == report.reference_rows > 0
     card = Path(registry.client.download_artifacts(report.run_id, MODEL_CARD_ARTIFACT))
     assert "## Metrics" in card.read_text() and "region=" in card.read_text()
     _assert_scores_through_pyfunc(f"models:/{bronze.registered_model_name}@challenger", report)
