@@ -36,6 +36,7 @@ _FLOW_HELP = {
     "features": "Maintain the user and product feature views in Redis and the feature log.",
     "learner": "Learn a River model from impressions and their labels as they arrive.",
     "scorer": "Score recommendation requests from a topic with the champion model.",
+    "monitor": "Window statistics, drift and outcomes of logged predictions; to ml.monitor.",
 }
 
 

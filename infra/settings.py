@@ -97,11 +97,16 @@ class MonitoringSettings(BaseModel):
     idle_close_s: float = Field(30.0, gt=0)
     # outcome join: events this far behind their partition's newest event still count
     outcome_lateness_s: float = Field(3600.0, ge=0)
+    # how long after an impression its click or purchase counts (the contract's label
+    # window); the demo's simulated sessions happen in an instant and use a minute
+    label_window_s: float = Field(1800.0, gt=0, le=86_400)
     max_pending_requests: int = Field(200_000, ge=1)
     bins: int = Field(10, ge=2, le=100)
     reference_poll_s: float = Field(30.0, gt=0)
     parity_every_s: float = Field(600.0, ge=0)  # 0: the monitor never runs parity
     parity_sample: int = Field(200, ge=1)
+    # differences that feature lag of up to this long explains are not mismatches
+    parity_lag_allowance_s: float = Field(10.0, ge=0, le=300)
 
 
 class HostPort(BaseModel):

@@ -39,6 +39,11 @@ HAS_REFERENCE = Gauge(
 CTR = Gauge(
     "tributary_monitor_ctr_ratio", "Clicks per shown item (impression) in the window.", _VERSION
 )
+LABELLED = Gauge(
+    "tributary_monitor_labelled_items",
+    "Shown items whose outcome is known, in the newest labelled window.",
+    _VERSION,
+)
 CONVERSION = Gauge(
     "tributary_monitor_conversion_ratio",
     "Shown items purchased within 30 minutes, per shown item, in the window.",
@@ -62,9 +67,29 @@ ESTIMATED_CONVERSION = Gauge(
     "Conversion expected from the scores alone (mean score of shown items).",
     _VERSION,
 )
+CANDIDATE_ESTIMATED_AUC = Gauge(
+    "tributary_monitor_candidate_estimated_roc_auc",
+    "ROC AUC expected from the scores of every scored candidate (CBPE), like the reference's.",
+    _VERSION,
+)
+EXPECTED_AUC = Gauge(
+    "tributary_monitor_expected_roc_auc",
+    "ROC AUC the labelled shown items' own scores promised (CBPE), beside the realised one.",
+    _VERSION,
+)
+EXPECTED_CONVERSION = Gauge(
+    "tributary_monitor_expected_conversion_ratio",
+    "Mean score of the labelled shown items: the conversion the model promised for them.",
+    _VERSION,
+)
 # -- the reference the version was trained against -------------------------
 REFERENCE_AUC = Gauge(
     "tributary_monitor_reference_roc_auc", "Validation ROC AUC of the reference.", _VERSION
+)
+REFERENCE_ESTIMATED_AUC = Gauge(
+    "tributary_monitor_reference_estimated_roc_auc",
+    "CBPE over every candidate of the reference's sampled requests.",
+    _VERSION,
 )
 REFERENCE_CONVERSION = Gauge(
     "tributary_monitor_reference_conversion_ratio",
@@ -107,6 +132,17 @@ PARITY_MISMATCH = Gauge(
 PARITY_CHECKED = Gauge(
     "tributary_monitor_parity_checked_values",
     "Feature values compared by the newest parity check.",
+)
+# -- the monitor's own bookkeeping (added with the monitor flow) ------------
+HELD = Gauge(
+    "tributary_monitor_held",
+    "What the outcome join holds: requests awaiting labels, pending impressions, orphans.",
+    ["kind"],
+)
+DROPPED = Counter(
+    "tributary_monitor_dropped",
+    "Logged requests and outcome events the monitor could not use, by reason.",
+    ["reason"],
 )
 LAG = Histogram(
     "tributary_monitor_lag_seconds",

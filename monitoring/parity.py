@@ -389,7 +389,7 @@ class ParityLoop:
         *,
         every_s: float | None = None,
         sample: int | None = None,
-        lag_allowance_s: float = LOOP_LAG_ALLOWANCE_S,
+        lag_allowance_s: float | None = None,
         check: Callable[[Settings, int], ParityReport] | None = None,
         ratio_gauge: Gauge = metrics.PARITY_MISMATCH,
         checked_gauge: Gauge = metrics.PARITY_CHECKED,
@@ -397,8 +397,9 @@ class ParityLoop:
         self.settings = settings
         self.every_s = settings.monitoring.parity_every_s if every_s is None else every_s
         self.sample = settings.monitoring.parity_sample if sample is None else sample
-        self.lag_allowance_s = lag_allowance_s
-        self.check = check or partial(check_parity, lag_allowance_s=lag_allowance_s)
+        knob = settings.monitoring.parity_lag_allowance_s
+        self.lag_allowance_s = knob if lag_allowance_s is None else lag_allowance_s
+        self.check = check or partial(check_parity, lag_allowance_s=self.lag_allowance_s)
         self.ratio_gauge = ratio_gauge
         self.checked_gauge = checked_gauge
         self.checks = 0

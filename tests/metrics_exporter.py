@@ -29,7 +29,7 @@ FLOWS = ("ingest", "features", "monitor")
 
 def set_monitor_gauges(version: str, drift: float) -> None:
     """Every ``tributary_monitor_*`` gauge of one version, at plausible values."""
-    monitor.WINDOW_REQUESTS.labels(version).set(620)  # over the drift rules' guard of 500
+    monitor.WINDOW_REQUESTS.labels(version).set(620)  # over the drift rules' guard of 300
     monitor.WINDOW_END.labels(version).set(time.time() - 5)
     monitor.HAS_REFERENCE.labels(version).set(1)
     monitor.CTR.labels(version).set(0.08 - drift / 20)
@@ -41,6 +41,11 @@ def set_monitor_gauges(version: str, drift: float) -> None:
     monitor.ESTIMATED_CONVERSION.labels(version).set(0.032)
     monitor.REFERENCE_AUC.labels(version).set(0.76)
     monitor.REFERENCE_CONVERSION.labels(version).set(0.03)
+    monitor.LABELLED.labels(version).set(4_000)
+    monitor.EXPECTED_AUC.labels(version).set(0.77)
+    monitor.EXPECTED_CONVERSION.labels(version).set(0.031)
+    monitor.CANDIDATE_ESTIMATED_AUC.labels(version).set(0.8 - drift / 4)
+    monitor.REFERENCE_ESTIMATED_AUC.labels(version).set(0.8)
     for feature in NUMERIC:
         psi = drift if feature in ("price", "product_clicks_1h") else 0.02
         monitor.FEATURE_PSI.labels(version, feature).set(psi)

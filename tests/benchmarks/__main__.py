@@ -13,6 +13,9 @@ from tests.benchmarks.feast_compare import bench_feast_compare
 from tests.benchmarks.features import bench_feature_reads
 from tests.benchmarks.flows import bench_flow_throughput, bench_freshness
 from tests.benchmarks.learner import bench_learner
+from tests.benchmarks.monitor import bench_monitor
+from tests.benchmarks.monitor_stats import bench_monitor_stats
+from tests.benchmarks.parity import bench_parity
 from tests.benchmarks.serving import bench_serving
 from tests.benchmarks.simulator import bench_simulator
 from tests.benchmarks.stack import benchmark_stack
@@ -43,12 +46,15 @@ def main() -> None:
 def run_all() -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine()}
     results["torch_train"] = bench_torch_train()  # needs no stack
+    results["monitor"] = bench_monitor()  # needs no stack: in-memory Kafka, a temporary lake
+    results["monitor_stats"] = bench_monitor_stats()  # needs no stack
     with benchmark_stack() as settings:
         results["feature_reads"] = bench_feature_reads(settings)
         results["flows"] = bench_flow_throughput(settings)
         results["freshness"] = bench_freshness(settings)
         results["learner"] = bench_learner(settings)
         results["feast_compare"] = bench_feast_compare(settings)
+        results["parity"] = bench_parity(settings)
         # before the pinning below: the API and wrk run as child processes
         results["serving"] = bench_serving(settings)
         # last: it pins this process to one core
