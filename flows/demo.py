@@ -19,10 +19,13 @@ from infra.settings import Settings
 
 def streams(settings: Settings, console: Console) -> None:
     """Run both flows to the topics' end, then read a shopper's features back."""
+    # in this process and to the end only: no metrics endpoint, whose port would stay
+    # taken for the running flows the demo starts later
+    quiet = settings.model_copy(update={"metrics_port": 0})
     for name in ("ingest", "features"):
         console.print(f"tributary run {name} --until-end")
         started = time.perf_counter()
-        run_process(settings, RunPlan(flow=name, recovery=False, tail=False))
+        run_process(quiet, RunPlan(flow=name, recovery=False, tail=False))
         console.print(f"  done in {time.perf_counter() - started:.1f} s")
     bronze = DeltaTable(settings.table_uri(TableName.BRONZE_EVENTS))
     dlq = sum(end_offsets(settings, settings.topic(settings.topics.dlq)).values())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from infra.errors import StackError
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -45,5 +47,12 @@ LAST_PROCESSED = Gauge(
 
 def serve_metrics(port: int) -> None:
     """Expose this process's metrics on 127.0.0.1:port (0 disables)."""
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr="127.0.0.1")
+    except OSError as error:
+        raise StackError(
+            f"metrics port 127.0.0.1:{port} is taken ({error.strerror}): is this flow "
+            "already running? Stop it, or move TRIBUTARY_METRICS_PORT"
+        ) from error

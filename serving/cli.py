@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 
 from infra.cli.app import CommandGroups
+from infra.settings import Settings
 
 
 def register(groups: CommandGroups) -> None:
@@ -54,8 +55,20 @@ def serve(
         "TRIBUTARY_SERVING__WEBHOOK_URL",
         f"http://{callback_host}:{port or settings.api_port}/v1/hooks/registry",
     )
-    with _shared_metrics(workers):
+    with _shared_metrics(workers), _announced(settings, port or settings.api_port):
         _run(host, port or settings.api_port, workers, log_level, access_log)
+
+
+@contextmanager
+def _announced(settings: Settings, port: int) -> Iterator[None]:
+    """Prometheus scrapes the API (job ``tributary-api``) while it runs, not after."""
+    from flows.runner import announce_metrics
+
+    path = announce_metrics(settings, "api-0", port)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _run(host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:

@@ -78,15 +78,17 @@ def alert_rule_files() -> list[Path]:
     return files
 
 
-def _file_sd_job(name: str, targets: str, action: str) -> list[str]:
-    # Both jobs read the same announcements; the `process` label sends the
-    # retrain worker ("retrainer-0", ...) to its own job and the flows to theirs.
+def _file_sd_job(name: str, targets: str, regex: str, action: str) -> list[str]:
+    # Every job reads the same announcements; the `process` label sends the API
+    # ("api-0") and the retrain worker ("retrainer-0") to their own jobs and the
+    # flows to theirs. A process announces itself while it runs, so nothing is
+    # scraped (or alerted as down) for a part nobody started.
     return [
         f"  - job_name: {name}",
         f"    file_sd_configs:\n      - files: [{_q(targets)}]",
         "    relabel_configs:",
         "      - source_labels: [process]",
-        f"        regex: {_q('retrainer(-[0-9]+)?')}",
+        f"        regex: {_q(regex)}",
         f"        action: {action}",
     ]
 
@@ -95,7 +97,6 @@ def prometheus_config(settings: Settings, rule_files: Sequence[Path] = ()) -> st
     """Scrape jobs, rule files and the Alertmanager to notify, as Prometheus YAML."""
     own = str(settings.prometheus_address)
     alertmanager = str(settings.alertmanager_address)
-    api = f"127.0.0.1:{settings.api_port}"
     targets = str(scrape_targets_dir(settings).resolve() / "*.json")
     lines = [
         "# Written by `tributary up` on every start; edits here are overwritten.",
@@ -115,9 +116,9 @@ def prometheus_config(settings: Settings, rule_files: Sequence[Path] = ()) -> st
         "scrape_configs:",
         f"  - job_name: prometheus\n    static_configs:\n      - targets: [{_q(own)}]",
         f"  - job_name: alertmanager\n    static_configs:\n      - targets: [{_q(alertmanager)}]",
-        f"  - job_name: tributary-api\n    static_configs:\n      - targets: [{_q(api)}]",
-        *_file_sd_job("tributary-flows", targets, "drop"),
-        *_file_sd_job("tributary-retrainer", targets, "keep"),
+        *_file_sd_job("tributary-api", targets, "api(-[0-9]+)?", "keep"),
+        *_file_sd_job("tributary-flows", targets, "(api|retrainer)(-[0-9]+)?", "drop"),
+        *_file_sd_job("tributary-retrainer", targets, "retrainer(-[0-9]+)?", "keep"),
     ]
     return "\n".join(lines) + "\n"
 

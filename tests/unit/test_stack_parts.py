@@ -104,14 +104,15 @@ def test_prometheus_config_wires_rules_alertmanager_and_jobs(tmp_path: Path) -> 
     assert list(jobs) == [
         "prometheus", "alertmanager", "tributary-api", "tributary-flows", "tributary-retrainer",
     ]  # fmt: skip
-    assert jobs["tributary-api"]["static_configs"][0]["targets"] == ["127.0.0.1:28000"]
     announced = str(scrape_targets_dir(_settings(tmp_path)).resolve() / "*.json")
-    for name, action in (("tributary-flows", "drop"), ("tributary-retrainer", "keep")):
+    for name, regex, action in (
+        ("tributary-api", "api(-[0-9]+)?", "keep"),
+        ("tributary-flows", "(api|retrainer)(-[0-9]+)?", "drop"),
+        ("tributary-retrainer", "retrainer(-[0-9]+)?", "keep"),
+    ):
         assert jobs[name]["file_sd_configs"] == [{"files": [announced]}]
         [relabel] = jobs[name]["relabel_configs"]
-        assert relabel == {
-            "source_labels": ["process"], "regex": "retrainer(-[0-9]+)?", "action": action,
-        }  # fmt: skip
+        assert relabel == {"source_labels": ["process"], "regex": regex, "action": action}
 
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
