@@ -44,12 +44,11 @@ import numpy as np
 from monitoring import stats
 from monitoring.records import SCORE, VIEWS, GroupColumns, ParsedPrediction
 from training.contract import NUMERIC
+
+# PER_REQUEST is defined with the profile, which counts the same way
+from training.profiles import PER_REQUEST as PER_REQUEST
 from training.profiles import ReferenceProfile
 
-PER_REQUEST: Final = ("region", "device", *(name for name in NUMERIC if name.startswith("user_")))
-"""Columns that hold one value per request, repeated on each of its rows; they count once
-per request, since 50 copies of one shopper's region are one observation, not 50 (a
-chi-square test over rows would be 50 times too sure)."""
 WindowKey = tuple[int, float]
 """(model version, window start in epoch seconds)."""
 AGE_QUANTILE: Final = 95.0

@@ -19,6 +19,15 @@ false drift (PSI 2 to 9 on steady traffic). The validation impressions still
 give ``positive_rate`` and ``roc_auc``, the reference for the realised KPIs,
 since only shown items get labels.
 
+Once a model serves, it changes the traffic it is measured on (the API, not
+the shop, now picks what is shown), so a window in which a model already
+served is described by what serving *logged*: when ``ml.predictions`` holds
+enough requests of the validation part, those rows, re-scored by the new
+model, are the reference (kind ``"logged"``; :mod:`training.logged_reference`).
+
+The user and context columns (:data:`PER_REQUEST`) count once per request, the
+product columns once per row, exactly as the monitor counts served requests.
+
 A numeric column is summarised by quantile bins of the reference rows: interior
 cut points ``edges`` and ``counts`` per bin, where the bin of ``x`` is
 ``np.searchsorted(edges, x, side="right")`` (bin ``i`` holds
@@ -68,7 +77,12 @@ PROFILE_ARTIFACT: Final = "monitoring/reference_profile.json"
 SCORE: Final = "score"
 """The name :meth:`ReferenceProfile.bin_numeric` takes for the model's scores."""
 DEFAULT_BINS: Final = 10
-ReferenceKind = Literal["requests", "impressions"]
+ReferenceKind = Literal["logged", "requests", "impressions"]
+PER_REQUEST: Final = ("region", "device", *(name for name in NUMERIC if name.startswith("user_")))
+"""Columns that hold one value per request, repeated on each of its rows; they count once
+per request, since 50 copies of one shopper's region are one observation, not 50 (a
+chi-square test over rows would be 50 times too sure). The monitor counts served
+requests the same way (:func:`monitoring.windows.aggregate`)."""
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +167,14 @@ class ReferenceProfile(BaseModel):
     every scored candidate are compared with. ``positive_rate`` and
     ``roc_auc`` are the validation impressions' label rate and AUC.
 
-    ``reference_kind`` is ``"requests"`` for serving-shaped reference requests,
-    ``"impressions"`` when the rows are impressions instead: profiles written
-    before reference requests existed (they read with the defaults below), and
-    windows too small to sample a session start, where the validation rows and
-    scores stand in.
+    ``reference_kind`` is ``"logged"`` for requests serving logged in the
+    window's validation part (``logged_requests`` of them were found; see
+    :mod:`training.logged_reference`), ``"requests"`` for serving-shaped
+    reference requests rebuilt by replay, ``"impressions"`` when the rows are
+    impressions instead: profiles written before reference requests existed
+    (they read with the defaults below), and windows too small to sample a
+    session start, where the validation rows and scores stand in. Columns of
+    :data:`PER_REQUEST` are counted once per request, as the monitor counts them.
     """
 
     # the AUC is NaN when validation held one class; JSON carries it as NaN, not null
@@ -174,6 +191,7 @@ class ReferenceProfile(BaseModel):
     roc_auc: float
     reference_kind: ReferenceKind = "impressions"
     requests: int = 0
+    logged_requests: int = 0
     estimated_roc_auc: float = float("nan")
     estimated_conversion: float = float("nan")
 
@@ -194,14 +212,19 @@ def build_profile(
     *,
     bins: int = DEFAULT_BINS,
     window: tuple[datetime, datetime] | None = None,
+    kind: ReferenceKind | None = None,
+    logged_requests: int = 0,
 ) -> ReferenceProfile:
     """Profile ``reference_rows`` (contract columns) and the model's ``reference_scores`` of them.
 
-    Reference rows with a ``request`` column are reference requests (kind
-    ``"requests"``); without one they are impressions. With no reference rows
-    at all, the validation rows and scores stand in. ``valid_rows`` (with
-    ``label``) and ``valid_scores`` give ``positive_rate`` and ``roc_auc``.
-    ``window`` is the training window; without it, the span of the rows' ``event_ts``.
+    Reference rows with a ``request`` column are requests (kind ``"requests"``
+    unless ``kind`` says ``"logged"``); without one they are impressions. With
+    no reference rows at all, the validation rows and scores stand in. Columns
+    of :data:`PER_REQUEST` count once per request (an impression is a request
+    of one row), the others once per row. ``valid_rows`` (with ``label``) and
+    ``valid_scores`` give ``positive_rate`` and ``roc_auc``. ``window`` is the
+    training window; without it, the span of the rows' ``event_ts``.
+    ``logged_requests``: how many logged requests the window held (recorded).
     """
     if len(reference_rows) == 0:
         reference_rows, reference_scores = valid_rows, valid_scores
@@ -211,25 +234,44 @@ def build_profile(
     labels = valid_rows["label"].to_numpy(dtype=np.float64)
     start, end = window or _event_span(reference_rows, valid_rows)
     requests = REQUEST in reference_rows.columns
+    firsts = _first_rows(reference_rows)
     return ReferenceProfile(
         rows=len(reference_rows), window_start=start, window_end=end,
         numeric={
-            name: NumericProfile.of(reference_rows[name].to_numpy(dtype=np.float64), bins)
+            name: NumericProfile.of(_column(reference_rows, name, firsts), bins)
             for name in NUMERIC
         },
-        categorical={name: _categorical(reference_rows[name]) for name in CATEGORICALS},
+        categorical={
+            name: _categorical(_column(reference_rows, name, firsts)) for name in CATEGORICALS
+        },
         score=NumericProfile.of(scores, bins),
         positive_rate=float(labels.mean()) if labels.size else float("nan"),
         roc_auc=roc_auc(labels, valid_scores),
-        reference_kind="requests" if requests else "impressions",
+        reference_kind=(kind or "requests") if requests else "impressions",
         requests=int(reference_rows[REQUEST].nunique()) if requests else 0,
+        logged_requests=logged_requests,
         estimated_roc_auc=estimated_roc_auc(scores),
         estimated_conversion=float(scores.mean()) if scores.size else float("nan"),
     )  # fmt: skip
 
 
-def _categorical(column: pd.Series) -> CategoricalProfile:
-    return CategoricalProfile(counts=dict(sorted(category_counts(column.tolist()).items())))
+def _first_rows(rows: pd.DataFrame) -> np.ndarray | None:
+    """Where each request's rows start (a request's rows are contiguous); None for impressions."""
+    if REQUEST not in rows.columns:
+        return None
+    numbers = rows[REQUEST].to_numpy()
+    starts: np.ndarray = np.flatnonzero(np.r_[True, numbers[1:] != numbers[:-1]])
+    return starts
+
+
+def _column(rows: pd.DataFrame, name: str, firsts: np.ndarray | None) -> np.ndarray:
+    """A column's values the monitor's way: one per request for :data:`PER_REQUEST`."""
+    values: np.ndarray = rows[name].to_numpy()
+    return values[firsts] if firsts is not None and name in PER_REQUEST else values
+
+
+def _categorical(values: np.ndarray) -> CategoricalProfile:
+    return CategoricalProfile(counts=dict(sorted(category_counts(values.tolist()).items())))
 
 
 def _event_span(*frames: pd.DataFrame) -> tuple[datetime, datetime]:

@@ -6,12 +6,13 @@ data check, split by time, fit (River or PyTorch), evaluate on the validation
 rows (overall and per segment), and log everything to MLflow — params,
 per-epoch metrics, the data check, the validation rows (the gates re-score
 them), the reference profile the monitor measures drift against
-(:mod:`training.profiles`: the model's scores of serving-shaped reference
-requests sampled from the validation part), the model card, and the model with its
-signature, input example, Delta versions, feature set version, git revision
-and pip environment. The version is registered; with ``challenger=True`` it
-also gets the ``challenger`` alias, which is what triggers the gates through
-the registry webhook.
+(:mod:`training.profiles`: the model's scores of serving-shaped requests of the
+validation part — those serving logged when a model already served then,
+:mod:`training.logged_reference`, else ones rebuilt by replay), the model
+card, and the model with its signature, input example, Delta versions,
+feature set version, git revision and pip environment. The version is
+registered; with ``challenger=True`` it also gets the ``challenger`` alias,
+which is what triggers the gates through the registry webhook.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from infra.settings import Settings
 from training.checks import check_training_set
 from training.contract import COLUMNS
 from training.dataset import TrainingSet, build_training_set, newest_event_time, time_split
+from training.logged_reference import choose_reference, read_logged
 from training.metrics import log_loss, roc_auc, segment_aucs
 from training.model_card import ModelCard, TrainingData, render_model_card
 from training.profiles import ReferenceProfile, build_profile, log_profile
@@ -83,8 +85,10 @@ class TrainReport:
     seconds: float
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
-    reference_requests: int = 0  # sampled for the reference profile (training.replay)
+    reference_requests: int = 0  # the reference profile's requests (logged or replayed)
     reference_rows: int = 0
+    reference_kind: str = "requests"
+    logged_requests: int = 0  # logged requests found in the validation part
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +123,8 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
         scores = model.score_frame(valid_rows)["score"].to_numpy()
         metrics = _evaluate(valid_rows, scores)
         mlflow.log_metrics(metrics)
-        log_profile(_profile(model, training_set, valid_rows, scores))
+        profile = _profile(settings, model, training_set, valid_rows, scores)
+        log_profile(profile)
         _log_validation(valid_rows)
         version = _register(settings, model, training_set, valid_rows, request)
         card = _card(version, request, training_set, valid_rows, scores, metrics)
@@ -135,21 +140,36 @@ def train(settings: Settings, request: TrainRequest) -> TrainReport:
         valid_log_loss=round(metrics["valid_log_loss"], 4),
         delta_versions=training_set.delta_versions, seconds=round(time.perf_counter() - started, 1),
         device=fitted.device, extra=fitted.extra,
-        reference_requests=training_set.reference_requests,
-        reference_rows=len(training_set.reference_rows),
+        reference_requests=profile.requests, reference_rows=profile.rows,
+        reference_kind=profile.reference_kind, logged_requests=profile.logged_requests,
     )  # fmt: skip
 
 
 def _profile(
-    model: RecommenderModel, training_set: TrainingSet, valid_rows: pd.DataFrame, scores: Any
+    settings: Settings,
+    model: RecommenderModel,
+    training_set: TrainingSet,
+    valid_rows: pd.DataFrame,
+    scores: Any,
 ) -> ReferenceProfile:
-    """The reference profile: the model's scores of the reference requests, and validation."""
-    reference = training_set.reference_rows
+    """The reference profile: the new model's scores of the reference requests, and validation.
+
+    The requests are the ones serving logged in the validation part when there
+    are enough (:mod:`training.logged_reference`), else the replayed ones.
+    """
+    valid_start = float(valid_rows["event_ts"].min())
+    logged = read_logged(settings, valid_start, training_set.end.timestamp())
+    reference, use_logged = choose_reference(logged, training_set.reference_rows)
     reference_scores = model.score_frame(reference)["score"].to_numpy() if len(reference) else []
-    return build_profile(
+    profile = build_profile(
         reference, reference_scores, valid_rows, scores,
         window=(training_set.start, training_set.end),
+        kind="logged" if use_logged else None, logged_requests=logged.found,
     )  # fmt: skip
+    mlflow.log_params(
+        {"reference_kind": profile.reference_kind, "logged_requests": profile.logged_requests}
+    )
+    return profile
 
 
 def _window(settings: Settings, request: TrainRequest) -> tuple[datetime, datetime]:

@@ -156,3 +156,46 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> Iterato
                 yield item
     finally:
         consumer.close()
+
+
+def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> list[int]:
+    """The partition ids of ``topic``."""
+    consumer = _consumer(settings.kafka_bootstrap)
+    try:
+        return _partitions(consumer, topic, timeout)
+    finally:
+        consumer.close()
+
+
+def offsets_for_times(
+    settings: Settings, partitions: list[TopicPartition], timeout: float = 10.0
+) -> dict[int, int]:
+    """Per partition, the first offset whose timestamp is at or after the one given as its
+    offset (milliseconds); -1 where there is none.
+
+    Tansu 0.6 answers 0 for any time (measured): a lower bound, never too late,
+    so a reader that filters by time still gets every record, only reads more.
+    """
+    consumer = _consumer(settings.kafka_bootstrap)
+    try:
+        found = consumer.offsets_for_times(partitions, timeout=timeout)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found}
+
+
+def read_partitions(
+    settings: Settings, topic: str, ranges: dict[int, tuple[int, int]], timeout: float = 30.0
+) -> Iterator[Record]:
+    """The records of each partition from ``begin`` up to ``end`` (exclusive), by assignment."""
+    pending = {p: end for p, (begin, end) in ranges.items() if begin < end}
+    if not pending:
+        return
+    consumer = _consumer(settings.kafka_bootstrap)
+    try:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in pending])
+        for item in _until_eof(consumer, {(topic, p) for p in pending}, timeout):
+            if isinstance(item, Record) and item.offset < pending.get(item.partition, -1):
+                yield item
+    finally:
+        consumer.close()

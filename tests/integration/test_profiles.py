@@ -17,7 +17,7 @@ from infra.plantly.simulator import SimulationConfig
 from infra.settings import Settings
 from training.contract import COLUMNS
 from training.dataset import simulated_events
-from training.profiles import PROFILE_ARTIFACT, load_profile
+from training.profiles import PER_REQUEST, PROFILE_ARTIFACT, load_profile
 from training.promotion import VALIDATION_ARTIFACT
 from training.registry import Registry, log_recommender
 from training.replay import REFERENCE_REQUESTS
@@ -49,8 +49,13 @@ def test_a_trained_version_has_a_profile_of_its_reference_requests_and_an_old_on
     assert 0 < profile.requests == report.reference_requests <= REFERENCE_REQUESTS
     rows = report.reference_rows
     assert profile.rows == rows and rows > 300 * profile.requests  # the whole catalog, less
-    assert all(sum(p.counts) == rows for p in profile.numeric.values())
-    assert all(sum(p.counts.values()) == rows for p in profile.categorical.values())
+    # a request's shopper and context count once, its candidates once per row (as the monitor)
+    for name, numeric in profile.numeric.items():
+        assert sum(numeric.counts) == (profile.requests if name in PER_REQUEST else rows), name
+    for name, categorical in profile.categorical.items():
+        expected = profile.requests if name in PER_REQUEST else rows
+        assert sum(categorical.counts.values()) == expected, name
+    assert profile.logged_requests == 0  # nothing was served: no logged reference
     assert sum(profile.score.counts) == rows  # the model's scores of those rows
     assert profile.numeric["invasive_here"].counts == [rows]  # never a candidate
     assert 0.5 < profile.estimated_roc_auc < 1 and 0 < profile.estimated_conversion < 1

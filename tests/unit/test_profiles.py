@@ -31,6 +31,7 @@ from training.contract import CATEGORICALS, NUMERIC
 from training.dataset import build_rows, simulated_events, time_split
 from training.metrics import estimated_roc_auc, roc_auc
 from training.profiles import (
+    PER_REQUEST,
     PROFILE_ARTIFACT,
     NumericProfile,
     ReferenceProfile,
@@ -51,7 +52,9 @@ def _rows(n: int, seed: int, first_minute: int = 0) -> pd.DataFrame:
     frame = pd.DataFrame({name: rng.gamma(2.0, 3.0, n) for name in NUMERIC})
     frame["price"] = np.arange(n, dtype=np.float64) % 100
     # 80 % zeros, then 10 % ones, 5 % twos, 5 % threes
-    frame["user_clicks_1h"] = rng.permutation(np.repeat([0, 1, 2, 3], _shares(n, 0.8, 0.1, 0.05)))
+    frame["product_clicks_1h"] = rng.permutation(
+        np.repeat([0, 1, 2, 3], _shares(n, 0.8, 0.1, 0.05))
+    )
     frame["pet_safe"] = rng.integers(0, 2, n)
     for name in CATEGORICALS:
         frame[name] = pd.array(rng.choice(REGIONS, n), dtype="string")
@@ -66,8 +69,17 @@ def _shares(n: int, *shares: float) -> list[int]:
 
 
 def _requests(n: int, seed: int) -> pd.DataFrame:
-    """Rows shaped like reference requests: 50 rows to a request."""
-    return _rows(n, seed).assign(**{REQUEST: np.arange(n) // 50})
+    """Rows shaped like reference requests: 50 rows to a request, one shopper and context each."""
+    frame = _rows(n, seed).assign(**{REQUEST: np.arange(n) // 50})
+    for name in PER_REQUEST:
+        frame[name] = frame.groupby(REQUEST)[name].transform("first")
+    return frame
+
+
+def _monitored(rows: pd.DataFrame, name: str) -> np.ndarray:
+    """A column's values as the monitor counts them: a request's shopper and context once."""
+    values: np.ndarray = rows[name].to_numpy()
+    return values if name not in PER_REQUEST else values[~rows[REQUEST].duplicated().to_numpy()]
 
 
 def _scores(n: int, seed: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
@@ -91,7 +103,7 @@ def test_numeric_edges_are_deduplicated_quantiles_of_the_reference_rows(
     # 80 % zeros: the quantiles up to 0.7 are 0 and the 0.8 one is 0.2 (between
     # rows 799 and 800), all of which move up to 1, so zero gets a bin of its own;
     # the 0.9 quantile (1.1) moves up to 2: three bins instead of ten
-    clicks = profile.numeric["user_clicks_1h"]
+    clicks = profile.numeric["product_clicks_1h"]
     assert clicks.edges == [1.0, 2.0] and clicks.counts == [800, 100, 100]
     assert profile.numeric["pet_safe"].edges == [1.0]  # two values, two bins
 
@@ -102,20 +114,28 @@ def test_every_contract_column_is_profiled_and_counts_sum_to_the_rows(
     assert set(profile.numeric) == set(NUMERIC) and set(profile.categorical) == set(CATEGORICALS)
     assert profile.rows == 1_000
     for name, numeric in profile.numeric.items():
-        assert sum(numeric.counts) == 1_000, name
+        # a request's shopper is one observation, its 50 candidates fifty (as the monitor counts)
+        assert sum(numeric.counts) == (20 if name in PER_REQUEST else 1_000), name
         assert len(numeric.counts) == len(numeric.edges) + 1 <= 10, name
         assert numeric.edges == sorted(set(numeric.edges)), name
         assert min(numeric.counts) > 0, name  # the edge rule leaves no empty bins
-    for categorical in profile.categorical.values():
-        assert sum(categorical.counts.values()) == 1_000
+    for name, categorical in profile.categorical.items():
+        assert sum(categorical.counts.values()) == (20 if name in PER_REQUEST else 1_000), name
     assert sum(profile.score.counts) == 1_000 and len(profile.score.counts) == 10
 
 
 def test_categorical_counts_are_exact() -> None:
-    reference = _requests(30, seed=4)
+    reference = _rows(30, seed=4).assign(**{REQUEST: np.arange(30)})  # one row a request
     reference["region"] = ["US-CA"] * 17 + ["US-NY"] * 12 + ["EU-DE"]
     profile = build_profile(reference, np.full(30, 0.5), _rows(10, seed=5), np.full(10, 0.5))
     assert profile.categorical["region"].counts == {"EU-DE": 1, "US-CA": 17, "US-NY": 12}
+    # three requests of ten rows: a region counts once per request, a category once per row
+    reference[REQUEST] = np.arange(30) // 10
+    reference["region"] = ["US-CA"] * 20 + ["EU-DE"] * 10
+    reference["category"] = ["cactus"] * 25 + ["fern"] * 5
+    profile = build_profile(reference, np.full(30, 0.5), _rows(10, seed=5), np.full(10, 0.5))
+    assert profile.categorical["region"].counts == {"EU-DE": 1, "US-CA": 2}
+    assert profile.categorical["category"].counts == {"cactus": 25, "fern": 5}
 
 
 def test_validation_rate_auc_and_window(profile: ReferenceProfile) -> None:
@@ -136,7 +156,7 @@ def test_bin_numeric_of_the_reference_values_gives_the_stored_counts(
 ) -> None:
     reference = _requests(1_000, seed=1)
     for name in NUMERIC:
-        binned = profile.bin_numeric(name, reference[name].to_numpy())
+        binned = profile.bin_numeric(name, _monitored(reference, name))
         assert binned.tolist() == profile.numeric[name].counts, name
     assert profile.bin_numeric("score", _scores(1_000, 8)).tolist() == profile.score.counts
     # the bin rule: edges[i-1] <= x < edges[i]
@@ -150,7 +170,7 @@ def test_json_round_trip_is_exact_and_small(profile: ReferenceProfile) -> None:
     again = ReferenceProfile.model_validate_json(text)
     assert again == profile
     reference = _requests(1_000, seed=1)
-    spend = reference["user_spend_30d"].to_numpy()
+    spend = _monitored(reference, "user_spend_30d")
     assert again.bin_numeric("user_spend_30d", spend).tolist() == (
         profile.numeric["user_spend_30d"].counts
     )
@@ -261,7 +281,7 @@ def steady() -> tuple[ReferenceProfile, ReferenceProfile, pd.DataFrame]:
 
 
 def _psi(profile: ReferenceProfile, name: str, rows: pd.DataFrame) -> float:
-    values = _model(rows) if name == "score" else rows[name].to_numpy(np.float64)
+    values = _model(rows) if name == "score" else _monitored(rows, name).astype(np.float64)
     return psi(profile.numeric_profile(name).counts, profile.bin_numeric(name, values))
 
 
