@@ -100,6 +100,8 @@ class MonitoringSettings(BaseModel):
     # how long after an impression its click or purchase counts (the contract's label
     # window); the demo's simulated sessions happen in an instant and use a minute
     label_window_s: float = Field(1800.0, gt=0, le=86_400)
+    # how long after a request an impression of one of its items may still arrive
+    show_window_s: float = Field(300.0, gt=0, le=86_400)
     max_pending_requests: int = Field(200_000, ge=1)
     bins: int = Field(10, ge=2, le=100)
     reference_poll_s: float = Field(30.0, gt=0)

@@ -85,6 +85,7 @@ class MonitorState:
             lateness_s=knobs.outcome_lateness_s,
             max_pending=knobs.max_pending_requests,
             label_window_s=knobs.label_window_s,
+            show_window_s=knobs.show_window_s,
         )
         self.detectors: dict[int, ConceptDriftDetector] = {}
         self.profiles: ProfileLookup = _no_profiles

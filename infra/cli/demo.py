@@ -30,6 +30,9 @@ def demo(
     events: int = typer.Option(100_000, "--events", min=1, help="History events to simulate."),
     history_days: float = typer.Option(7.0, "--history-days", min=0.0, max=30.0),
     bad_events: int = typer.Option(2_000, "--bad-events", min=0, help="Bad-input burst size."),
+    recent_rate: float = typer.Option(
+        50.0, "--recent-rate", min=0.0, help="Events/s of the history's last hour (0: none)."
+    ),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Start the stack, simulate plantly.shop, and show what landed."""
@@ -46,6 +49,14 @@ def demo(
     console.rule(f"2. {history_days:g} days of plantly.shop: tributary simulate")
     history = SimulationConfig(events=events, seed=seed, history_days=history_days)
     _simulate(settings, history)
+    if recent_rate:
+        # The live traffic of the monitoring chapter runs at about this rate: a last hour
+        # as busy makes the model's reference look like the traffic it will be served.
+        console.print(f"and the last hour at {recent_rate:g} events/s, as busy as the shop is now")
+        recent = SimulationConfig(
+            events=int(recent_rate * 3600), seed=seed + 2, history_days=1 / 24
+        )
+        _simulate(settings, recent)
 
     if bad_events:
         console.rule("3. malformed traffic for the dead-letter path: --scenario bad-input")
