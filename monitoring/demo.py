@@ -40,7 +40,6 @@ from training.registry import CHAMPION, Registry
 # simulator's live sessions happen in an instant, so a one-minute label window
 # already holds every outcome and realised KPIs show within the chapter.
 DEMO_ENV: Final[Mapping[str, str]] = {
-    "TRIBUTARY_MONITORING__WINDOW_S": "60",
     "TRIBUTARY_MONITORING__ALLOWED_LATENESS_S": "5",
     "TRIBUTARY_MONITORING__IDLE_CLOSE_S": "15",
     "TRIBUTARY_MONITORING__LABEL_WINDOW_S": "60",
@@ -81,6 +80,8 @@ class LoopTiming:
     alert_timeout_s: float = 240.0
     champion_timeout_s: float = 300.0
     window_wait_s: float = 150.0  # for the new champion's first labelled window
+    window_s: float = 60.0  # the monitor's windows: ~5 requests/s x 60 s clears the 300 guard
+    shift: Scenario = Scenario.FICUS_CRAZE  # what happens after the steady phase
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Incident:
 class LoopResult:
     deployment: Incident | None  # the shift that deploying the first champion caused
     quiet_after_deployment: bool | None  # no drift alert for its successor on steady traffic
-    craze: Incident
+    craze: Incident | None  # None: no alert within the phase (said, not hidden)
 
 
 def monitoring(settings: Settings, console: Console) -> None:
@@ -112,22 +113,34 @@ def closed_loop(settings: Settings, console: Console, timing: LoopTiming) -> Loo
     url = f"http://127.0.0.1:{settings.api_port}"
     watch = _Watch(settings, Prometheus.of(settings), console)
     console.print("tributary serve & tributary run ingest|features|monitor|retrainer")
-    with LoopProcesses(settings, LOOP, DEMO_ENV) as loop:
+    env = {**DEMO_ENV, "TRIBUTARY_MONITORING__WINDOW_S": f"{timing.window_s:g}"}
+    with LoopProcesses(settings, LOOP, env) as loop:
         wait_ready(url, loop.children["api"], timeout=90.0)
         watch.check = loop.check
         traffic = _Traffic(settings, url, timing.rate)
         try:
             deployment, quiet = _steady(watch, traffic, timing)
-            console.print("the ficus craze begins: tributary simulate --scenario ficus-craze")
-            traffic.switch(Scenario.FICUS_CRAZE)
-            craze = watch.incident("the craze", timing.alert_timeout_s, timing.champion_timeout_s)
-            watch.first_window(craze.after, timing.window_wait_s)
-            watch.kpis(f"version {craze.after} serving the craze")
+            shift = timing.shift
+            console.print(f"the {shift} begins: tributary simulate --scenario {shift}")
+            traffic.switch(timing.shift)
+            craze = _craze(watch, timing)
         finally:
             traffic.stop()
         alerts = f"http://{watch.prometheus.address}/alerts"
         console.print(f"dashboard: {url}/dashboard  ·  alerts: {alerts}")
     return LoopResult(deployment, quiet, craze)
+
+
+def _craze(watch: _Watch, timing: LoopTiming) -> Incident | None:
+    try:
+        craze = watch.incident(timing.shift, timing.alert_timeout_s, timing.champion_timeout_s)
+    except _NoAlertError as quiet:
+        watch.console.print(f"[yellow]{quiet}: the {timing.shift} went unnoticed in this run[/]")
+        watch.kpis(str(timing.shift))
+        return None
+    watch.first_window(craze.after, timing.window_wait_s)
+    watch.kpis(f"version {craze.after} serving the {timing.shift}")
+    return craze
 
 
 def _steady(
