@@ -20,23 +20,11 @@ from typing import Any, Final
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from monitoring.metrics_table import METRICS_SCHEMA
 from training.contract import CATEGORICALS, NUMERIC
 
-_TS = pa.timestamp("us", tz="UTC")
-SCHEMA: Final = pa.schema(
-    [
-        ("window_start", _TS),
-        ("window_end", _TS),
-        ("model_name", pa.string()),
-        ("model_version", pa.int64()),
-        ("phase", pa.string()),
-        ("metric", pa.string()),
-        ("feature", pa.string()),
-        ("value", pa.float64()),
-        ("emitted_at", _TS),
-        ("seq", pa.int64()),
-    ]
-)
+# the monitor's own table schema: the samples are written as the flow writes them
+SCHEMA: Final = METRICS_SCHEMA
 MODEL: Final = "plant-recommender"
 BINS: Final = 10
 DRIFTING: Final = ("product_clicks_1h", "product_ctr_24h", "price")
