@@ -35,6 +35,7 @@ from monitoring.prometheus import Prometheus
 from monitoring.workers import LoopProcesses
 from serving.demo import wait_ready
 from training.registry import CHAMPION, Registry
+from training.retrainer import LAST_RETRAIN_TAG
 
 # One-minute windows: the drift alert must fire within two minutes of a shift. The
 # simulator's live sessions happen in an instant, so a one-minute label window
@@ -92,8 +93,9 @@ class Incident:
     after_s: float  # from the phase's start to the alert firing
     request: dict[str, Any]
     before: int | None
-    after: int
+    after: int | None  # the champion after the retrain: ``before`` when it was not promoted
     served: int
+    outcome: str = "promoted"  # or the retrain worker's outcome and detail
 
 
 @dataclass
@@ -138,7 +140,8 @@ def _craze(watch: _Watch, timing: LoopTiming) -> Incident | None:
         watch.console.print(f"[yellow]{quiet}: the {timing.shift} went unnoticed in this run[/]")
         watch.kpis(str(timing.shift))
         return None
-    watch.first_window(craze.after, timing.window_wait_s)
+    if craze.after is not None:
+        watch.first_window(craze.after, timing.window_wait_s)
     watch.kpis(f"version {craze.after} serving the {timing.shift}")
     return craze
 
@@ -161,6 +164,8 @@ def _steady(
         "serving began after a pause: the monitor saw the traffic it is served move away "
         "from its reference, and the loop retrained on a window holding the served traffic[/]"
     )
+    if deployment.outcome != "promoted":
+        return deployment, None
     time.sleep(timing.settle_s)
     watch.kpis(f"steady traffic, version {deployment.after}")
     quiet = not watch.firing(deployment.after)
@@ -259,7 +264,12 @@ class _Watch:
         request = self._request(retrain_start, before)
         self.console.print("its ml.retrain request, with the evidence:")
         self.console.print_json(data=request)
-        after = self._new_champion(before, champion_s)
+        after, outcome = self._outcome(before, str(request.get("incident")), champion_s)
+        if outcome != "promoted":
+            self.console.print(f"[yellow]the retrain ended {outcome[:400]}[/]")
+            self.console.print(f"version {before} stays champion; the cooldown holds")
+            served = self._served(after)
+            return Incident(alert, after_s, request, before, before, served, outcome)
         self._print_champion(after)
         served = self._served(after)
         self.console.print(f"the API now answers with version {served}, without a restart")
@@ -292,15 +302,21 @@ class _Watch:
             time.sleep(1.0)
         raise TimeoutError("no ml.retrain request within 120 s of the alert (see loop-*.log)")
 
-    def _new_champion(self, before: int | None, timeout: float) -> int:
+    def _outcome(self, before: int | None, incident: str, timeout: float) -> tuple[int, str]:
+        """A new champion, or the retrain worker's record of why there is none."""
+        registry = Registry(self.settings)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check()
             now = self.champion()
             if now is not None and now != before:
-                return now
+                return now, "promoted"
+            tags = registry.client.get_registered_model(registry.name).tags
+            record: dict[str, Any] = orjson.loads(tags.get(LAST_RETRAIN_TAG) or "{}")
+            if record.get("incident") == incident and record.get("outcome") != "promoted":
+                return before or 0, f"{record.get('outcome')}: {record.get('detail')}"
             time.sleep(3.0)
-        raise TimeoutError(f"no new champion within {timeout:.0f} s (see loop-retrainer.log)")
+        raise TimeoutError(f"no retrain outcome within {timeout:.0f} s (see loop-retrainer.log)")
 
     def _served(self, champion: int) -> int:
         url = f"http://127.0.0.1:{self.settings.api_port}/v1/recommendations"
