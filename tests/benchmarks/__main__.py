@@ -19,6 +19,7 @@ from tests.benchmarks.parity import bench_parity
 from tests.benchmarks.serving import bench_serving
 from tests.benchmarks.simulator import bench_simulator
 from tests.benchmarks.stack import benchmark_stack
+from tests.benchmarks.steady_replay import bench_steady_replay
 from tests.benchmarks.torch_train import bench_torch_train
 
 
@@ -48,6 +49,8 @@ def run_all() -> dict[str, Any]:
     results["torch_train"] = bench_torch_train()  # needs no stack
     results["monitor"] = bench_monitor()  # needs no stack: in-memory Kafka, a temporary lake
     results["monitor_stats"] = bench_monitor_stats()  # needs no stack
+    # needs no stack; ~35 minutes of one core: 51 simulated days, 37 of them served by a model
+    results["steady_replay"] = bench_steady_replay()
     with benchmark_stack() as settings:
         results["feature_reads"] = bench_feature_reads(settings)
         results["flows"] = bench_flow_throughput(settings)
